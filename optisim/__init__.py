@@ -1,0 +1,46 @@
+"""optisim: the physics layer. Zernike pupils, field-dependent PSFs, lens files.
+
+Conventions are defined once, in the module that owns them: Zernike indices and normalisation in
+:mod:`optisim.zernike`, sensor/field coordinates in :mod:`optisim.field`, pupil sampling in :mod:`optisim.pupil`,
+PSF sampling and normalisation in :mod:`optisim.psf`. Names below are imported lazily, so ``import optisim``
+(and the ``optisim`` command line) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from optisim._version import __version__
+
+_LAZY = {
+    "FieldModel": "optisim.lens",
+    "FieldTerm": "optisim.lens",
+    "Lens": "optisim.lens",
+    "LensFileError": "optisim.lens",
+    "PSFModel": "optisim.psf",
+    "SamplingError": "optisim.pupil",
+    "compute_psfs": "optisim.psf",
+    "list_presets": "optisim.lens",
+    "load_lens": "optisim.lens",
+    "load_preset": "optisim.lens",
+    "open_psf_grid": "optisim.grid",
+    "plot_psf_grid": "optisim.plotting",
+    "poppy_psfs": "optisim.poppy_backend",
+    "psf_grid": "optisim.grid",
+    "strehl_ratio": "optisim.psf",
+    "write_psf_grid": "optisim.grid",
+    "write_tiff": "optisim.io",
+    "zernike_nm": "optisim.zernike",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'optisim' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
