@@ -49,18 +49,16 @@ def pixel_to_field(row, col, sensor_shape):
     """
     ny, nx = _check_shape(sensor_shape)
     r = field_scale(sensor_shape)
-    hx = (np.asarray(col, dtype=float) - (nx - 1) / 2.0) / r
-    hy = (np.asarray(row, dtype=float) - (ny - 1) / 2.0) / r
-    return hx, hy
+    row, col = np.broadcast_arrays(np.asarray(row, dtype=float), np.asarray(col, dtype=float))
+    return (col - (nx - 1) / 2.0) / r, (row - (ny - 1) / 2.0) / r
 
 
 def field_to_pixel(hx, hy, sensor_shape):
     """Normalised field ``(hx, hy)`` to fractional pixel ``(row, col)`` (inverse of :func:`pixel_to_field`)."""
     ny, nx = _check_shape(sensor_shape)
     r = field_scale(sensor_shape)
-    col = np.asarray(hx, dtype=float) * r + (nx - 1) / 2.0
-    row = np.asarray(hy, dtype=float) * r + (ny - 1) / 2.0
-    return row, col
+    hx, hy = np.broadcast_arrays(np.asarray(hx, dtype=float), np.asarray(hy, dtype=float))
+    return hy * r + (ny - 1) / 2.0, hx * r + (nx - 1) / 2.0
 
 
 def field_grid(sensor_shape, grid_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +101,14 @@ def sensor_field_coordinates(sensor_shape, offset=(0, 0), size=None) -> np.ndarr
     (2, h, w) float array: ``[hy, hx]`` of each pixel centre.
     """
     ny, nx = _check_shape(sensor_shape)
-    y0, x0 = (int(v) for v in offset)
-    h, w = (ny - y0, nx - x0) if size is None else (int(v) for v in size)
+    try:
+        y0, x0 = (int(v) for v in offset)
+    except (TypeError, ValueError):
+        raise ValueError(f"offset: expected (y0, x0) pixels, got {offset!r}") from None
+    try:
+        h, w = (ny - y0, nx - x0) if size is None else (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size: expected (h, w) pixels, got {size!r}") from None
     if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > ny or x0 + w > nx:
         raise ValueError(f"crop: offset ({y0}, {x0}) and size ({h}, {w}) do not fit in a sensor of shape ({ny}, {nx})")
     rows, cols = np.meshgrid(np.arange(y0, y0 + h), np.arange(x0, x0 + w), indexing="ij")

@@ -125,7 +125,7 @@ def psf_grid(
             ),
             "energy_in_window": (
                 ("field_y", "field_x"),
-                energy.reshape(gy, gx),
+                energy.reshape(gy, gx).astype(np.float64),
                 {"long_name": "fraction of the PSF energy inside the window", "units": "1"},
             ),
         },

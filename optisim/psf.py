@@ -32,7 +32,15 @@ from optisim.pupil import (
     zernike_basis,
 )
 
-__all__ = ["PSFModel", "check_pixel_sampling", "compute_psfs", "mft_matrix", "pupil_to_psf", "strehl_ratio"]
+__all__ = [
+    "PSFModel",
+    "check_pixel_sampling",
+    "compute_psfs",
+    "mft_matrix",
+    "pupil_to_psf",
+    "required_pupil_samples",
+    "strehl_ratio",
+]
 
 MAX_WAVEFRONT_STEP = 0.5  # waves between neighbouring pupil samples
 
@@ -245,6 +253,23 @@ def strehl_ratio(lens: Lens, hx, hy) -> np.ndarray:
     return s.reshape(hx.shape)
 
 
+def required_pupil_samples(lens: Lens, coefficients_um: np.ndarray, modes) -> int:
+    """Smallest pupil sampling (up to 10 % above it) at which one wavefront changes by <= half a wave per sample.
+
+    The step is measured on the sampled grid at each candidate sampling: finer grids reach closer to the pupil
+    edge, where most aberrations are steepest, so the step does not simply shrink as 1 / N.
+    """
+    wavelength = min(lens.wavelengths_um)
+    n = lens.pupil_samples
+    while True:
+        n = max(n + 1, math.ceil(n * 1.1))
+        _, _, mask = pupil_polar(n)
+        opd = np.tensordot(coefficients_um, zernike_basis(modes, n), axes=1)[None]
+        step = float(wavefront_step_waves(torch.from_numpy(opd), torch.from_numpy(mask), wavelength)[0])
+        if step <= MAX_WAVEFRONT_STEP:
+            return n
+
+
 def compute_psfs(
     lens: Lens,
     hx,
@@ -292,7 +317,7 @@ def compute_psfs(
             worst = int(torch.argmax(step))
             if float(step[worst]) > MAX_WAVEFRONT_STEP:
                 n = lens.pupil_samples
-                need = math.ceil(n * float(step[worst]) / MAX_WAVEFRONT_STEP)
+                need = required_pupil_samples(lens, c[worst].double().cpu().numpy(), modes)
                 raise SamplingError(
                     f"pupil sampling {n} is too coarse for the aberrations at field ({hx[start + worst]:.3g}, "
                     f"{hy[start + worst]:.3g}): the wavefront changes by {float(step[worst]):.3g} waves between "

@@ -198,6 +198,7 @@ def zernike_nm(n, m, rho, theta):
     array or Tensor, same shape, dtype and device as ``rho``
         ``Z_n^m(ρ, θ)``, dimensionless, RMS 1 over the unit disk. Differentiable in torch.
     """
+    n, m = validate_nm(n, m)  # before the cached call: lru_cache would accept 2.0 once (2, 0) is cached
     terms = radial_coefficients(n, m)
     if _is_torch(rho):
         import torch

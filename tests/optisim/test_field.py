@@ -78,18 +78,15 @@ def test_same_shape_inputs():
     np.testing.assert_allclose(hy[:, 0], (np.arange(4) - 1.5) / 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pixel_to_field's docstring promises hx, hy of the broadcast shape of row and col, "
-    "but hx takes col's shape and hy row's shape (no np.broadcast_arrays)",
-)
 def test_broadcasting():
     hx, hy = pixel_to_field(np.arange(4)[:, None], np.arange(6)[None, :], (4, 6))
     assert hx.shape == (4, 6)
     assert hy.shape == (4, 6)
 
 
-@pytest.mark.parametrize(("shape", "grid"), [((512, 512), (3, 3)), ((768, 1024), (4, 5)), ((768, 1024), (1, 3))])
+@pytest.mark.parametrize(
+    ("shape", "grid"), [((512, 512), (3, 3)), ((768, 1024), (4, 5)), ((768, 1024), (1, 3))]
+)
 def test_field_grid_spans_outer_pixel_centres(shape, grid):
     hy, hx = field_grid(shape, grid)
     assert hy.shape == (grid[0],)
@@ -127,7 +124,9 @@ def test_sensor_field_coordinates_full_sensor():
     np.testing.assert_array_equal(coords[1], hx)
 
 
-@pytest.mark.parametrize(("offset", "size"), [((10, 20), (16, 24)), ((0, 0), (1, 1)), ((47, 63), (1, 1)), ((5, 7), None)])
+@pytest.mark.parametrize(
+    ("offset", "size"), [((10, 20), (16, 24)), ((0, 0), (1, 1)), ((47, 63), (1, 1)), ((5, 7), None)]
+)
 def test_crop_is_slice_of_full_sensor(offset, size):
     shape = (48, 64)
     full = sensor_field_coordinates(shape)
@@ -135,7 +134,7 @@ def test_crop_is_slice_of_full_sensor(offset, size):
     y0, x0 = offset
     h, w = (shape[0] - y0, shape[1] - x0) if size is None else size
     assert crop.shape == (2, h, w)
-    np.testing.assert_array_equal(crop, full[:, y0:y0 + h, x0:x0 + w])
+    np.testing.assert_array_equal(crop, full[:, y0 : y0 + h, x0 : x0 + w])
 
 
 # -- errors -----------------------------------------------------------------------------------------------
@@ -149,7 +148,9 @@ def test_bad_sensor_shape(bad):
 
 @pytest.mark.parametrize("bad", [(0, 5), (5, -1)])
 def test_non_positive_sensor_shape(bad):
-    with pytest.raises(ValueError, match=re.escape(f"sensor_shape: expected positive (ny, nx) pixels, got {bad}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"sensor_shape: expected positive (ny, nx) pixels, got {bad}")
+    ):
         field_scale(bad)
 
 
@@ -169,11 +170,6 @@ def test_crop_outside_sensor(offset, size):
         sensor_field_coordinates((10, 10), offset=offset, size=size)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (message): a malformed offset/size fails in tuple unpacking with Python's "
-    "'not enough values to unpack', which names neither the argument nor the expected (y0, x0)",
-)
 def test_malformed_offset_message_names_argument():
     with pytest.raises(ValueError, match="offset"):
         sensor_field_coordinates((10, 10), offset=(1,))

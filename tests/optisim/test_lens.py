@@ -176,7 +176,9 @@ def test_field_curvature_and_spherical_forms():
 
 def test_extra_terms_add_to_classical_ones():
     hx, hy = random_field(seed=4)
-    model = FieldModel(coma=0.1, terms=(FieldTerm((3, 1), 0.04, hx_power=2, hy_power=3), FieldTerm((6, 0), -0.02)))
+    model = FieldModel(
+        coma=0.1, terms=(FieldTerm((3, 1), 0.04, hx_power=2, hy_power=3), FieldTerm((6, 0), -0.02))
+    )
     assert set(model.modes()) == {(3, 1), (3, -1), (6, 0)}
     c = model.coefficients(hx, hy, [(3, 1), (6, 0)])
     np.testing.assert_allclose(c[:, 0], 0.1 * hx + 0.04 * hx**2 * hy**3, atol=1e-14)
@@ -218,7 +220,9 @@ def test_rotational_symmetry_of_classical_terms(alpha):
 
     def rotate(pair, angle):
         a, b = pair[:, 0], pair[:, 1]
-        return np.stack([np.cos(angle) * a - np.sin(angle) * b, np.sin(angle) * a + np.cos(angle) * b], axis=1)
+        return np.stack(
+            [np.cos(angle) * a - np.sin(angle) * b, np.sin(angle) * a + np.cos(angle) * b], axis=1
+        )
 
     np.testing.assert_allclose(c1[:, 0:2], rotate(c0[:, 0:2], 2 * alpha), atol=1e-12)  # astigmatism: 2α
     np.testing.assert_allclose(c1[:, 2:4], rotate(c0[:, 2:4], alpha), atol=1e-12)  # coma: α
@@ -313,7 +317,9 @@ def test_unknown_key_names_key_and_suggests():
     def mutate(d):
         d["optics"]["wavelenght_um"] = d["optics"].pop("wavelength_um")
 
-    check_error(mutate, re.escape("unknown key 'optics.wavelenght_um' in lens file (did you mean 'wavelength_um'?)"))
+    check_error(
+        mutate, re.escape("unknown key 'optics.wavelenght_um' in lens file (did you mean 'wavelength_um'?)")
+    )
 
 
 def test_unknown_top_level_key():
@@ -325,7 +331,9 @@ def test_unknown_top_level_key():
     def unrelated(d):
         d["colour"] = "red"
 
-    check_error(unrelated, re.escape("unknown key 'colour' in lens file; allowed keys: format, format_version"))
+    check_error(
+        unrelated, re.escape("unknown key 'colour' in lens file; allowed keys: format, format_version")
+    )
 
 
 def test_unknown_key_in_term_and_sensor():
@@ -345,7 +353,10 @@ def test_na_out_of_range(na):
     def mutate(d):
         d["optics"]["na"] = na
 
-    check_error(mutate, re.escape(f"numerical aperture {na} must be positive and smaller than the immersion index 1.0"))
+    check_error(
+        mutate,
+        re.escape(f"numerical aperture {na} must be positive and smaller than the immersion index 1.0"),
+    )
 
 
 def test_immersion_index_below_one():
@@ -387,14 +398,19 @@ def test_non_positive_camera_pixel_and_magnification():
     def magnification(d):
         d["sensor"] = {"shape": [64, 64], "camera_pixel_um": 6.5, "magnification": 0.0}
 
-    check_error(magnification, re.escape("'sensor.magnification': expected a positive magnification, got 0.0"))
+    check_error(
+        magnification, re.escape("'sensor.magnification': expected a positive magnification, got 0.0")
+    )
 
 
 def test_both_pixel_sizes():
     def mutate(d):
         d["sensor"].update(camera_pixel_um=6.5, magnification=20.0)
 
-    check_error(mutate, re.escape("give either pixel_size_um (object space) or camera_pixel_um and magnification, not both"))
+    check_error(
+        mutate,
+        re.escape("give either pixel_size_um (object space) or camera_pixel_um and magnification, not both"),
+    )
 
 
 @pytest.mark.parametrize("keep", [(), ("camera_pixel_um",), ("magnification",)])
@@ -411,7 +427,9 @@ def test_wrong_number_of_weights():
     def mutate(d):
         d["optics"]["wavelength_weights"] = [0.5, 0.5]
 
-    check_error(mutate, re.escape("'optics.wavelength_weights': expected 1 weights (one per wavelength), got 2"))
+    check_error(
+        mutate, re.escape("'optics.wavelength_weights': expected 1 weights (one per wavelength), got 2")
+    )
 
     def negative(d):
         d["optics"]["wavelength_um"] = [0.5, 0.6]
@@ -429,12 +447,18 @@ def test_gaussian_apodisation_needs_sigma():
     def sigma_without_gaussian(d):
         d["optics"]["apodisation_sigma"] = 0.5
 
-    check_error(sigma_without_gaussian, re.escape("'optics.apodisation_sigma' is only used with apodisation = 'gaussian'"))
+    check_error(
+        sigma_without_gaussian,
+        re.escape("'optics.apodisation_sigma' is only used with apodisation = 'gaussian'"),
+    )
 
     def unknown(d):
         d["optics"]["apodisation"] = "hann"
 
-    check_error(unknown, re.escape("'optics.apodisation': expected one of ('none', 'aplanatic', 'gaussian'), got 'hann'"))
+    check_error(
+        unknown,
+        re.escape("'optics.apodisation': expected one of ('none', 'aplanatic', 'gaussian'), got 'hann'"),
+    )
 
 
 def test_invalid_toml():
@@ -446,8 +470,12 @@ def test_invalid_toml():
 
 @pytest.mark.parametrize(
     ("table", "key", "value"),
-    [("optics", "na", "0.5"), ("optics", "wavelength_um", "525 nm"), ("sensor", "pixel_size_um", True),
-     ("optics", "immersion_index", [1.0])],
+    [
+        ("optics", "na", "0.5"),
+        ("optics", "wavelength_um", "525 nm"),
+        ("sensor", "pixel_size_um", True),
+        ("optics", "immersion_index", [1.0]),
+    ],
 )
 def test_wrong_type_names_key(table, key, value):
     def mutate(d):
@@ -511,8 +539,11 @@ def test_bad_aberration_entries():
     def unit(d):
         d["aberrations"]["unit"] = "nm_rms"
 
-    check_error(unit, re.escape("'aberrations.unit': expected one of ('waves_rms', 'um_rms'), got 'nm_rms'"),
-                via_toml=False)
+    check_error(
+        unit,
+        re.escape("'aberrations.unit': expected one of ('waves_rms', 'um_rms'), got 'nm_rms'"),
+        via_toml=False,
+    )
 
     def convention(d):
         d["aberrations"]["convention"] = "fringe"
@@ -540,7 +571,9 @@ def test_field_term_validates():
         FieldTerm((2, 0), 0.1, hx_power=-1)
     with pytest.raises(ValueError, match=re.escape("n - |m| must be even")):
         FieldTerm((2, 1), 0.1)
-    with pytest.raises(LensFileError, match=re.escape("'aberrations.reference_wavelength_um': expected a positive")):
+    with pytest.raises(
+        LensFileError, match=re.escape("'aberrations.reference_wavelength_um': expected a positive")
+    ):
         FieldModel(reference_wavelength_um=0.0)
 
 
