@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from optisim.lens import Lens
-from optisim.pupil import pupil_amplitude, pupil_polar
+from optisim.pupil import lens_pupil_amplitude
 from optisim.zernike import nm_to_noll
 
 __all__ = ["poppy_psf", "poppy_psfs"]
@@ -62,14 +62,7 @@ def poppy_psf(lens: Lens, hx: float, hy: float, *, size: int = 64, oversample: i
     if lens.apodisation == "none":
         osys.add_pupil(poppy.CircularAperture(radius=_RADIUS_M * u.m, gray_pixel=False))
     else:
-        rho, _, _ = pupil_polar(n)
-        amp = pupil_amplitude(
-            rho,
-            apodisation=lens.apodisation,
-            na=lens.na,
-            immersion_index=lens.immersion_index,
-            sigma=lens.apodisation_sigma,
-        )
+        amp = lens_pupil_amplitude(lens)
         osys.add_pupil(
             poppy.ArrayOpticalElement(
                 transmission=amp, pixelscale=2 * _RADIUS_M / n * u.m / u.pixel, name="apodised aperture"

@@ -25,7 +25,7 @@ import torch
 from optisim.lens import Lens
 from optisim.pupil import (
     SamplingError,
-    pupil_amplitude,
+    lens_pupil_amplitude,
     pupil_coordinates,
     pupil_polar,
     wavefront_step_waves,
@@ -151,14 +151,8 @@ class PSFModel(torch.nn.Module):
                 f"{period:.4g} µm of {n} pupil samples; use at least {need} pupil samples or a smaller window"
             )
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        rho, _, mask = pupil_polar(n)
-        amp = pupil_amplitude(
-            rho,
-            apodisation=lens.apodisation,
-            na=lens.na,
-            immersion_index=lens.immersion_index,
-            sigma=lens.apodisation_sigma,
-        )
+        _, _, mask = pupil_polar(n)
+        amp = lens_pupil_amplitude(lens)
         self.register_buffer("mask", torch.from_numpy(mask).to(device))
         self.register_buffer("amplitude", torch.from_numpy(amp).to(dtype=dtype, device=device))
         basis = zernike_basis(self.modes, n).reshape(len(self.modes), n * n)
@@ -236,14 +230,7 @@ def strehl_ratio(lens: Lens, hx, hy) -> np.ndarray:
     """
     modes = [nm for nm in lens.aberrations.modes() if nm[0] >= 2]
     hx, hy = np.broadcast_arrays(np.asarray(hx, dtype=float), np.asarray(hy, dtype=float))
-    rho, _, _ = pupil_polar(lens.pupil_samples)
-    amp = pupil_amplitude(
-        rho,
-        apodisation=lens.apodisation,
-        na=lens.na,
-        immersion_index=lens.immersion_index,
-        sigma=lens.apodisation_sigma,
-    ).ravel()
+    amp = lens_pupil_amplitude(lens).ravel()
     if not modes:
         return np.ones(hx.shape)
     waves = lens.zernike_waves(hx.ravel(), hy.ravel(), modes)  # (B, J)

@@ -18,6 +18,7 @@ from optisim.zernike import zernike_nm
 
 __all__ = [
     "SamplingError",
+    "lens_pupil_amplitude",
     "pupil_amplitude",
     "pupil_coordinates",
     "pupil_polar",
@@ -76,6 +77,18 @@ def pupil_amplitude(
     else:
         raise ValueError(f"apodisation: expected 'none', 'aplanatic' or 'gaussian', got {apodisation!r}")
     return np.where(inside, amp, 0.0)
+
+
+def lens_pupil_amplitude(lens) -> np.ndarray:
+    """The ``(N, N)`` pupil amplitude of a :class:`optisim.lens.Lens` on its own pupil grid (see pupil_amplitude)."""
+    rho, _, _ = pupil_polar(lens.pupil_samples)
+    return pupil_amplitude(
+        rho,
+        apodisation=lens.apodisation,
+        na=lens.na,
+        immersion_index=lens.immersion_index,
+        sigma=lens.apodisation_sigma,
+    )
 
 
 def zernike_basis(modes, n_samples: int) -> np.ndarray:
