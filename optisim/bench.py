@@ -20,7 +20,7 @@ def bench_psf(
     grid: int = 21,
     size: int = 64,
     pupil_samples: int = 128,
-    repeat: int = 3,
+    repeat: int = 10,
     poppy_points: int | None = None,
     device=None,
     progress=None,

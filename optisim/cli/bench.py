@@ -17,7 +17,7 @@ def bench():
 @click.option("--grid", type=click.IntRange(1, 101), default=21, show_default=True, help="Field points per axis.")
 @click.option("--size", type=click.IntRange(1, 1024), default=64, show_default=True, help="PSF pixels per side.")
 @click.option("--pupil", type=click.IntRange(16, 2048), default=128, show_default=True, help="Pupil samples.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed torch runs.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=10, show_default=True, help="Timed torch runs.")
 @click.option(
     "--poppy-points",
     type=click.IntRange(1, None),
