@@ -13,8 +13,8 @@ import importlib
 from optisim._version import __version__
 
 _LAZY = {
-    "FieldModel": "optisim.lens",
-    "FieldTerm": "optisim.lens",
+    "FieldModel": "optisim.aberrations",
+    "FieldTerm": "optisim.aberrations",
     "Lens": "optisim.lens",
     "LensFileError": "optisim.lens",
     "PSFModel": "optisim.psf",

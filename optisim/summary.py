@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from optisim.aberrations import SEIDEL
 from optisim.field import field_grid, field_scale, pixel_to_field
-from optisim.lens import SEIDEL, Lens, wavefront_rms
+from optisim.lens import Lens, wavefront_rms
 from optisim.psf import strehl_ratio
 from optisim.zernike import mode_name, nm_to_index
 

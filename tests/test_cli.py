@@ -112,6 +112,14 @@ def test_missing_file_and_debug_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
 
 
+def test_truncated_window_warns(tmp_path):
+    r = CliRunner().invoke(main, ["psf", "default", "--grid", "3x3", "--size", "24", "-o", str(tmp_path / "a.nc")])
+    assert r.exit_code == 0
+    assert "warning: the 24-pixel window holds only" in r.output and "use a larger --size" in r.output
+    quiet = run("psf", "default", "--grid", "3x3", "--size", "64", "-o", tmp_path / "b.nc").output
+    assert "warning" not in quiet
+
+
 def test_allow_undersampled(tmp_path):
     path = load_preset("default").replace(pixel_size_um=0.4).save(tmp_path / "coarse.toml")
     run("psf", path, "--grid", "2x2", "--size", "16", "--allow-undersampled", "-o", tmp_path / "a.nc")

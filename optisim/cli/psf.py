@@ -87,6 +87,18 @@ def psf(lens_file, grid, field, size, oversample, backend, device, allow_undersa
     _grid(lens, grid, size, oversample, backend, resolve_device(device), allow_undersampled, output, plot, log_scale)
 
 
+MIN_ENERGY = 0.9
+
+
+def _warn_truncated(energy: float, size: int) -> None:
+    if energy < MIN_ENERGY:
+        click.echo(
+            f"warning: the {size}-pixel window holds only {energy:.0%} of the PSF energy at some field points "
+            "(the PSFs are normalised to the window); use a larger --size",
+            err=True,
+        )
+
+
 def _single(lens, field, size, oversample, backend, device, allow_undersampled, output):
     from optisim.io import write_tiff
     from optisim.psf import compute_psfs
@@ -109,6 +121,7 @@ def _single(lens, field, size, oversample, backend, device, allow_undersampled, 
         "lens_toml": lens.to_toml(),
     }
     write_tiff(output, psf[0], pixel_um=lens.pixel_um, metadata=meta)
+    _warn_truncated(float(energy[0]), size)
     click.echo(
         f"wrote {output}: PSF at field ({hx:g}, {hy:g}), {size}x{size} px of {lens.pixel_um:.4g} µm, "
         f"{energy[0]:.1%} of its energy in the window"
@@ -132,6 +145,7 @@ def _grid(lens, grid, size, oversample, backend, device, allow_undersampled, out
             progress=bar.update,
         )
     write_psf_grid(ds, output)
+    _warn_truncated(float(ds.energy_in_window.min()), size)
     click.echo(
         f"wrote {output}: {grid[0]}x{grid[1]} PSFs of {size}x{size} px ({lens.pixel_um:.4g} µm pixels), "
         f"RMS wavefront error {float(ds.wavefront_rms.min()):.3f}-{float(ds.wavefront_rms.max()):.3f} waves, "
