@@ -1,7 +1,7 @@
 """Lens model: optics, sensor, pupil sampling and a field-dependent Zernike aberration model; TOML lens files.
 
 A lens file is TOML with four tables (``[optics]``, ``[sensor]``, ``[pupil]``, ``[aberrations]``); the format is
-documented in ``data/FORMATS.md``; the polynomial forms of the field model are in :mod:`optisim.aberrations`. Unknown keys are errors that name the key.
+documented in ``data/FORMATS.md``. Unknown keys are errors that name the key.
 
 The field-dependent aberration model (:class:`FieldModel`) is defined in :mod:`optisim.aberrations`.
 """
