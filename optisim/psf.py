@@ -111,8 +111,7 @@ def _pupil(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_grad_enabled() and (phase.requires_grad or amplitude.requires_grad):
         return torch.polar(amplitude.expand_as(phase), phase)
-    dtype = torch.complex128 if phase.dtype == torch.float64 else torch.complex64
-    out = torch.empty(phase.shape, dtype=dtype, device=phase.device)
+    out = torch.empty(phase.shape, dtype=phase.dtype.to_complex(), device=phase.device)
     parts = torch.view_as_real(out)
     torch.mul(torch.cos(phase), amplitude, out=parts[..., 0])
     torch.mul(torch.sin(phase), amplitude, out=parts[..., 1])
@@ -166,7 +165,6 @@ class PSFModel(torch.nn.Module):
                 f"PSF window of {size} pixels ({size * lens.pixel_um:.4g} µm) exceeds the alias-free field "
                 f"{period:.4g} µm of {n} pupil samples; use at least {need} pupil samples or a smaller window"
             )
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         _, _, mask = pupil_polar(n)
         amp = lens_pupil_amplitude(lens)
         self.register_buffer("mask", torch.from_numpy(mask).to(device))
@@ -187,7 +185,7 @@ class PSFModel(torch.nn.Module):
                     wavelength_um=wl,
                     pixel_um=lens.pixel_um,
                     oversample=oversample,
-                    dtype=complex_dtype,
+                    dtype=dtype.to_complex(),
                     device=device,
                 )
             )
