@@ -1,9 +1,11 @@
-"""optisim: the physics layer. Zernike pupils, field-dependent PSFs, lens files.
+"""optisim: the physics layer. Zernike pupils, field-dependent PSFs, lens files, spatially varying blur, camera
+noise and forward-blurred datasets.
 
 Conventions are defined once, in the module that owns them: Zernike indices and normalisation in
 :mod:`optisim.zernike`, sensor/field coordinates in :mod:`optisim.field`, pupil sampling in :mod:`optisim.pupil`,
-PSF sampling and normalisation in :mod:`optisim.psf`. Names below are imported lazily, so ``import optisim``
-(and the ``optisim`` command line) stays fast.
+PSF sampling and normalisation in :mod:`optisim.psf`, which way round the blur works and its border in
+:mod:`optisim.blur`, the camera model in :mod:`optisim.noise`, the dataset schema in :mod:`optisim.dataset`.
+Names below are imported lazily, so ``import optisim`` (and the ``optisim`` command line) stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +15,23 @@ import importlib
 from optisim._version import __version__
 
 _LAZY = {
+    "CameraNoise": "optisim.noise",
+    "DatasetConfig": "optisim.dataset",
+    "EigenPSFs": "optisim.lowrank",
+    "ExactBlur": "optisim.blur",
+    "ImageFolder": "optisim.sources",
+    "ProductConvolution": "optisim.blur",
+    "SampleGenerator": "optisim.samples",
+    "apply_noise": "optisim.noise",
+    "blur_operator": "optisim.lowrank",
+    "dataset_info": "optisim.dataset",
+    "exact_blur": "optisim.blur",
+    "fluorescence_scene": "optisim.scenes",
+    "make_source": "optisim.samples",
+    "open_dataset": "optisim.dataset",
+    "product_convolution": "optisim.blur",
+    "simulate_image": "optisim.simulate",
+    "write_dataset": "optisim.dataset",
     "FieldModel": "optisim.aberrations",
     "FieldTerm": "optisim.aberrations",
     "Lens": "optisim.lens",

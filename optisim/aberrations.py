@@ -23,11 +23,11 @@ Coefficients are RMS-normalised Zernike coefficients (:mod:`optisim.zernike`) in
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
 
+from optisim._keys import reject_unknown_keys
 from optisim.zernike import index_to_nm, mode_name, nm_to_index, parse_convention, validate_nm
 
 __all__ = ["SEIDEL", "UNITS", "FieldModel", "FieldTerm", "LensFileError"]
@@ -41,11 +41,7 @@ class LensFileError(ValueError):
 
 
 def _reject_unknown(table: dict, allowed, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key).lower(), list(allowed), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed keys: {', '.join(allowed)}"
-            raise LensFileError(f"unknown key '{where}{key}' in lens file{hint}")
+    reject_unknown_keys(table, allowed, "lens file", prefix=where, error=LensFileError)
 
 
 def _number(value, where: str) -> float:

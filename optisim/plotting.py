@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_psf_grid"]
+__all__ = ["plot_blur", "plot_psf_grid"]
 
 
 def _mosaic(psf: np.ndarray, *, log: bool, gap: int = 2) -> np.ndarray:
@@ -77,5 +77,43 @@ def plot_psf_grid(ds: xr.Dataset, path, *, log: bool = False, max_tiles: int = 1
     )
     path = Path(path)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_blur(sharp: np.ndarray, blurred: np.ndarray, path, *, zoom: int = 96, title: str = "") -> Path:
+    """Figure of a simulated blur: sharp and blurred full images, and zooms on the centre and a corner.
+
+    Parameters
+    ----------
+    sharp, blurred : (H, W) arrays, the scene and its simulated image (same intensity units)
+    path : output image path; zoom : side of the zoomed regions in pixels; title : figure title
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = sharp.shape
+    zoom = min(zoom, h // 2, w // 2)
+    regions = {"centre": ((h - zoom) // 2, (w - zoom) // 2), "corner": (h - zoom, w - zoom)}
+    vmax = float(np.percentile(sharp, 99.9)) or 1.0
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
+    for row, (name, image) in enumerate((("sharp", sharp), ("blurred", blurred))):
+        ax = axes[row, 0]
+        ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(f"{name} ({h}x{w})")
+        for label, (y0, x0) in regions.items():
+            ax.add_patch(plt.Rectangle((x0, y0), zoom, zoom, fill=False, edgecolor="orange", linewidth=1))
+            ax.text(x0, y0 - 4, label, color="orange", fontsize=8)
+        for col, (label, (y0, x0)) in enumerate(regions.items(), start=1):
+            axes[row, col].imshow(image[y0 : y0 + zoom, x0 : x0 + zoom], cmap="gray", vmin=0, vmax=vmax)
+            axes[row, col].set_title(f"{name}: {label} (rows {y0}-{y0 + zoom - 1})")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "spatially varying blur: each source pixel spreads with the PSF of its field position")
+    path = Path(path)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -63,9 +63,11 @@ def _debug(ctx) -> bool:
     cls=LazyGroup,
     lazy_subcommands={
         "bench": "optisim.cli.bench:bench",
+        "dataset": "optisim.cli.dataset:dataset",
         "demo": "optisim.cli.demo:demo",
         "lens": "optisim.cli.lens:lens",
         "psf": "optisim.cli.psf:psf",
+        "simulate": "optisim.cli.simulate:simulate",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -53,3 +53,51 @@ def resolve_device(name: str):
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps: no MPS device is available (use --device cpu or auto)")
     return torch.device(name)
+
+
+class NoiseType(click.ParamType):
+    """``off`` | ``on`` | ``photons=500,read_noise=3,...`` -> CameraNoise or None (see optisim.noise)."""
+
+    name = "NOISE"
+
+    def convert(self, value, param, ctx):
+        if value is None or not isinstance(value, str):
+            return value
+        from optisim.noise import parse_noise
+
+        try:
+            return parse_noise(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def forward_model_options(func):
+    """The options of the low-rank forward model, shared by `simulate`, `dataset` and `bench`."""
+    options = [
+        click.option(
+            "--kernel-size",
+            type=click.IntRange(3, 1023),
+            default=None,
+            help="PSF window in pixels (odd). Default: the smallest holding 95% of the worst PSF's energy.",
+        ),
+        click.option(
+            "--grid",
+            type=GridType(),
+            default="25x25",
+            show_default=True,
+            help="PSF grid GYxGX behind the low-rank model's weight maps (at least 4x4).",
+        ),
+        click.option(
+            "--rank", type=click.IntRange(1, None), default=None, help="Number of eigen-PSFs (overrides --tol)."
+        ),
+        click.option(
+            "--tol",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=1e-3,
+            show_default=True,
+            help="Rank from this relative error of the PSF grid's low-rank approximation.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -44,3 +44,38 @@ def bench_psf_cmd(preset, grid, size, pupil, repeat, poppy_points, device):
             progress=bar.update,
         )
     click.echo(format_bench_psf(r))
+
+
+@bench.command("forward")
+@click.option("--size", type=click.IntRange(16, 8192), default=512, show_default=True, help="Image side, pixels.")
+@click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True, help="Eigen-PSFs K.")
+@click.option("--kernel-size", type=click.IntRange(3, 1023), default=31, show_default=True, help="PSF window.")
+@click.option("--batch", "batches", type=click.IntRange(1, 256), multiple=True, default=(1, 4, 8), show_default=True)
+@click.option("--repeat", type=click.IntRange(3, 1000), default=30, show_default=True, help="Timed runs.")
+@click.option("--accuracy/--no-accuracy", default=True, show_default=True, help="Also the error-vs-rank table.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+def bench_forward_cmd(size, rank, kernel_size, batches, repeat, accuracy, device):
+    """Time of the low-rank blur in units of one FFT of the padded image, and its error against 'exact'."""
+    from optisim.bench_forward import accuracy_table, bench_forward, format_accuracy, format_forward
+
+    dev = resolve_device(device)
+    r = bench_forward(size=size, rank=rank, kernel_size=kernel_size, batches=batches, repeat=repeat, device=dev)
+    click.echo(format_forward(r))
+    if accuracy:
+        from tqdm import tqdm
+
+        with tqdm(total=128 * 128, desc="exact per-pixel PSFs", unit="psf", disable=None) as bar:
+            table = accuracy_table(device=dev, progress=bar.update)
+        click.echo(format_accuracy(table))
+
+
+@bench.command("dataset")
+@click.option("--n", "n", type=click.IntRange(1, None), default=400, show_default=True, help="Samples per run.")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True, help="Sample side S.")
+@click.option("--workers", type=click.IntRange(0, 256), multiple=True, default=(0, 2), show_default=True)
+@click.option("--noise/--no-noise", default=True, show_default=True)
+def bench_dataset_cmd(n, size, workers, noise):
+    """Samples per second of `optisim dataset` (synthetic scenes, lowrank blur, noise, HDF5 writing)."""
+    from optisim.bench_forward import bench_dataset, format_dataset
+
+    click.echo(format_dataset(bench_dataset(n=n, size=size, workers=workers, noise=noise)))

@@ -23,7 +23,8 @@ from optisim.cli._options import resolve_device
 def demo(output, quick, device):
     """Run the whole pipeline on built-in defaults: no files needed.
 
-    Today: make the default lens (defocus growing toward the edges), compute its PSF grid and draw it.
+    Today: make the default lens (defocus growing toward the edges), compute its PSF grid and draw it; blur a
+    synthetic full-sensor scene with it (plus camera noise) and write a small training dataset.
     """
     from optisim.demo import run_demo
 
