@@ -50,7 +50,7 @@ from optisim._version import __version__
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_for
 from optisim.noise import CameraNoise
-from optisim.samples import SampleGenerator
+from optisim.samples import SampleGenerator, check_size
 
 __all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "DatasetConfig", "dataset_info", "open_dataset", "write_dataset"]
 
@@ -148,7 +148,8 @@ def _create(path: Path, gen: SampleGenerator, grid_ds, config: DatasetConfig, re
         }
         for name, values in scales.items():
             f.create_dataset(name, data=values).make_scale(name)
-        for name, long_name in (("sharp", "sharp scene crop"), ("blurred", "blurred crop with camera noise")):
+        noisy = "with camera noise" if config.noise is not None else "without noise"
+        for name, long_name in (("sharp", "sharp scene crop"), ("blurred", f"blurred crop, {noisy}")):
             d = f.create_dataset(name, shape=(n, s, s), dtype="f4", chunks=(1, s, s), **_COMPRESSION)
             d.attrs.update(long_name=long_name, units="normalised intensity", axes="sample, y, x")
             for i, dim in enumerate(("sample", "y", "x")):
@@ -235,6 +236,7 @@ def write_dataset(
         raise ValueError(f"workers: expected >= 0 and block >= 1, got {workers} and {block}")
     kernel = kernel_size_for(lens) if config.kernel_size is None else int(config.kernel_size)
     config = DatasetConfig(**{**config.__dict__, "kernel_size": kernel})
+    check_size(config.size, lens.sensor_shape, kernel)  # before the PSF grid is computed
     source_info = source.describe()
     record = _record(lens, source, config)
     if path.exists() and overwrite:

@@ -16,11 +16,12 @@ References: Nagy & O'Leary, SIAM J. Sci. Comput. 19 (1998); Flicker & Rigaut, JO
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.interpolate import RectBivariateSpline
+from scipy.interpolate import BSpline, RectBivariateSpline
 
 from optisim.blur import ExactBlur, ProductConvolution
 from optisim.field import pixel_to_field
@@ -154,35 +155,43 @@ class EigenPSFs:
         ds = psf_grid(lens, grid=grid, size=size, device=device, progress=progress)
         return cls.from_psf_grid(ds, rank=rank, tol=tol)
 
+    @functools.cached_property
+    def _spline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Knots ``(ty, tx)`` and B-spline coefficients ``(K, ny, nx)`` of the interpolating bicubic splines."""
+        splines = [
+            RectBivariateSpline(self.field_y, self.field_x, self.coefficients[..., k], kx=3, ky=3)
+            for k in range(self.rank)
+        ]
+        ty, tx = splines[0].get_knots()
+        ny, nx = len(ty) - 4, len(tx) - 4
+        return ty, tx, np.stack([s.get_coeffs().reshape(ny, nx) for s in splines])
+
+    def _basis(self, h, axis: int) -> np.ndarray:
+        """Dense B-spline design matrix of field coordinates ``h`` (clamped to the grid) along ``axis`` (0: y)."""
+        grid = self.field_y if axis == 0 else self.field_x
+        knots = self._spline[axis]
+        h = np.clip(np.asarray(h, dtype=float), grid[0], grid[-1])
+        return BSpline.design_matrix(h, knots, 3).toarray()
+
     def weights(self, offset=(0, 0), shape=None) -> np.ndarray:
         """Weight maps ``(K, h, w)`` float32 for the sensor pixels ``offset + [0, h) x [0, w)`` (rows, columns).
 
         ``shape`` defaults to the whole sensor; the region may reach past the sensor (clamped to the grid's edge).
+        The bicubic spline is separable, so a region costs two small matrix products per eigen-PSF.
         """
         h, w = self.sensor_shape if shape is None else (int(v) for v in shape)
         rows = np.arange(h) + int(offset[0])
         cols = np.arange(w) + int(offset[1])
         _, hy = pixel_to_field(rows, np.zeros_like(rows), self.sensor_shape)
         hx, _ = pixel_to_field(np.zeros_like(cols), cols, self.sensor_shape)
-        hy = np.clip(hy, self.field_y[0], self.field_y[-1])
-        hx = np.clip(hx, self.field_x[0], self.field_x[-1])
-        out = np.empty((self.rank, h, w), dtype=np.float32)
-        for k in range(self.rank):
-            spline = RectBivariateSpline(self.field_y, self.field_x, self.coefficients[..., k], kx=3, ky=3)
-            out[k] = spline(hy, hx, grid=True)
-        return out
+        by, bx = self._basis(hy, 0), self._basis(hx, 1)
+        return np.einsum("yi,kij,xj->kyx", by, self._spline[2], bx, optimize=True).astype(np.float32)
 
     def psfs_at(self, hx, hy) -> np.ndarray:
         """Low-rank PSFs ``(n, kh, kw)`` at field points (bicubic coefficients, clamped to the grid)."""
-        hx = np.clip(np.atleast_1d(np.asarray(hx, float)), self.field_x[0], self.field_x[-1])
-        hy = np.clip(np.atleast_1d(np.asarray(hy, float)), self.field_y[0], self.field_y[-1])
-        c = np.stack(
-            [
-                RectBivariateSpline(self.field_y, self.field_x, self.coefficients[..., k], kx=3, ky=3).ev(hy, hx)
-                for k in range(self.rank)
-            ],
-            axis=-1,
-        )
+        hx, hy = np.broadcast_arrays(np.atleast_1d(np.asarray(hx, float)), np.atleast_1d(np.asarray(hy, float)))
+        by, bx = self._basis(hy, 0), self._basis(hx, 1)
+        c = np.einsum("ni,kij,nj->nk", by, self._spline[2], bx)
         return np.einsum("nk,kyx->nyx", c, self.kernels.astype(np.float64))
 
     def operator(self, offset=(0, 0), shape=None, *, device=None, dtype=torch.float32) -> ProductConvolution:

@@ -29,15 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.interpolate import RectBivariateSpline
 
 from optisim.blur import kernel_spectra, padded_shape, product_convolution
-from optisim.field import pixel_to_field
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs
 from optisim.noise import CameraNoise, apply_noise
 
-__all__ = ["Sample", "SampleGenerator", "make_source"]
+__all__ = ["Sample", "SampleGenerator", "check_size", "make_source"]
 
 
 def make_source(spec, *, channel: int | None = None):
@@ -102,7 +100,7 @@ class SampleGenerator:
             model = EigenPSFs.from_lens(lens, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
         self.lens, self.source, self.noise, self.model = lens, source, noise, model
         self.seed = _check_seed(seed)
-        self.size = _check_size(size, lens.sensor_shape, model.kernels.shape[-1])
+        self.size = check_size(size, lens.sensor_shape, model.kernels.shape[-1])
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self._setup()
 
@@ -112,14 +110,10 @@ class SampleGenerator:
         region = self.size + 2 * self.margin
         self._kernels = torch.as_tensor(self.model.kernels, device=self.device)
         self._spectra = kernel_spectra(self._kernels, padded_shape((region, region), self._kernels.shape))
-        self._splines = [
-            RectBivariateSpline(self.model.field_y, self.model.field_x, self.model.coefficients[..., j], kx=3, ky=3)
-            for j in range(self.model.rank)
-        ]
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_kernels", "_spectra", "_splines"):
+        for key in ("_kernels", "_spectra"):
             state.pop(key)
         state["device"] = str(self.device)
         return state
@@ -142,14 +136,8 @@ class SampleGenerator:
     def weights(self, offset) -> torch.Tensor:
         """Weight maps ``(K, S + 2r, S + 2r)`` of the region around a crop (clamped beyond the PSF grid)."""
         n = self.size + 2 * self.margin
-        rows = np.arange(n) + offset[0] - self.margin
-        cols = np.arange(n) + offset[1] - self.margin
-        _, hy = pixel_to_field(rows, np.zeros(n), self.lens.sensor_shape)
-        hx, _ = pixel_to_field(np.zeros(n), cols, self.lens.sensor_shape)
-        hy = np.clip(hy, self.model.field_y[0], self.model.field_y[-1])
-        hx = np.clip(hx, self.model.field_x[0], self.model.field_x[-1])
-        w = np.stack([spline(hy, hx, grid=True) for spline in self._splines]).astype(np.float32)
-        return torch.as_tensor(w, device=self.device)
+        region = (offset[0] - self.margin, offset[1] - self.margin)
+        return torch.as_tensor(self.model.weights(region, (n, n)), device=self.device)
 
     def sample(self, index: int) -> Sample:
         """Sample ``index``: a pure function of ``(seed, index)``."""
@@ -193,7 +181,7 @@ def _check_index(index) -> int:
     return int(index)
 
 
-def _check_size(size, sensor_shape, kernel_size: int) -> int:
+def check_size(size, sensor_shape, kernel_size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size: expected an integer number of pixels, got {size!r}")
     size = int(size)

@@ -224,7 +224,8 @@ def _splat(ny: int, nx: int, y, x, w) -> np.ndarray:
     top, bottom = w * (1 - fy), w * fy
     index = np.concatenate([base, base + 1, base + stride, base + stride + 1])
     weights = np.concatenate([top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx])
-    return np.bincount(index, weights, minlength=(ny + 2) * stride).reshape(ny + 2, stride)[1:-1, 1:-1]
+    canvas = np.bincount(index, weights, minlength=(ny + 2) * stride)  # int64 when there are no points at all
+    return canvas.astype(np.float64, copy=False).reshape(ny + 2, stride)[1:-1, 1:-1]
 
 
 def fluorescence_scene(shape, rng: np.random.Generator, *, config: SceneConfig | None = None) -> np.ndarray:

@@ -149,6 +149,14 @@ def test_bench_psf_prints_figures():
 
 
 def test_every_subcommand_has_help():
-    for args in (["--help"], ["lens", "--help"], ["lens", "init", "--help"], ["lens", "show", "--help"],
-                 ["psf", "--help"], ["bench", "--help"], ["bench", "psf", "--help"], ["demo", "--help"]):
+    for args in (
+        ["--help"],
+        ["lens", "--help"],
+        ["lens", "init", "--help"],
+        ["lens", "show", "--help"],
+        ["psf", "--help"],
+        ["bench", "--help"],
+        ["bench", "psf", "--help"],
+        ["demo", "--help"],
+    ):
         assert run(*args).output.startswith("Usage: ")

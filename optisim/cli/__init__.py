@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 import click
 
@@ -81,3 +82,12 @@ def main(ctx, debug):
     normalised to half the longer sensor side, Zernike coefficients RMS-normalised (see `optisim lens show`).
     """
     ctx.obj = {"debug": debug}
+    if not _debug(ctx):
+        previous = warnings.showwarning
+        warnings.showwarning = _one_line_warning
+        ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings from the library as one line on stderr (``--debug`` keeps Python's format with the source line)."""
+    click.echo(f"Warning: {message}", err=True)

@@ -84,9 +84,7 @@ def test_broadcasting():
     assert hy.shape == (4, 6)
 
 
-@pytest.mark.parametrize(
-    ("shape", "grid"), [((512, 512), (3, 3)), ((768, 1024), (4, 5)), ((768, 1024), (1, 3))]
-)
+@pytest.mark.parametrize(("shape", "grid"), [((512, 512), (3, 3)), ((768, 1024), (4, 5)), ((768, 1024), (1, 3))])
 def test_field_grid_spans_outer_pixel_centres(shape, grid):
     hy, hx = field_grid(shape, grid)
     assert hy.shape == (grid[0],)
@@ -148,9 +146,7 @@ def test_bad_sensor_shape(bad):
 
 @pytest.mark.parametrize("bad", [(0, 5), (5, -1)])
 def test_non_positive_sensor_shape(bad):
-    with pytest.raises(
-        ValueError, match=re.escape(f"sensor_shape: expected positive (ny, nx) pixels, got {bad}")
-    ):
+    with pytest.raises(ValueError, match=re.escape(f"sensor_shape: expected positive (ny, nx) pixels, got {bad}")):
         field_scale(bad)
 
 

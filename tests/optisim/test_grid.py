@@ -102,9 +102,7 @@ def test_grid_values_match_compute_psfs_and_orientation():
             expected, energy = compute_psfs(lens, fx, fy, size=17)
             np.testing.assert_allclose(ds.psf.values[iy, ix], expected[0], rtol=0, atol=1e-7)
             np.testing.assert_allclose(ds.energy_in_window.values[iy, ix], energy[0], rtol=1e-6)
-            np.testing.assert_allclose(
-                ds.zernike.values[iy, ix], lens.zernike_waves(fx, fy, modes), rtol=1e-12
-            )
+            np.testing.assert_allclose(ds.zernike.values[iy, ix], lens.zernike_waves(fx, fy, modes), rtol=1e-12)
             assert ds.strehl.values[iy, ix] == pytest.approx(float(strehl_ratio(lens, fx, fy)), rel=1e-12)
     # field points differ: not all PSFs are the same
     assert rel_l2(ds.psf.values[0, 0], ds.psf.values[1, 2]) > 1e-2
@@ -150,12 +148,8 @@ def test_open_psf_grid_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(f"PSF grid file not found: {missing}")):
         open_psf_grid(missing)
     other = tmp_path / "other.nc"
-    xr.Dataset({"a": ("x", np.arange(3.0))}, attrs={"format": "something-else"}).to_netcdf(
-        other, engine="h5netcdf"
-    )
-    with pytest.raises(
-        ValueError, match=re.escape("not an optisim PSF grid (format attribute 'something-else')")
-    ):
+    xr.Dataset({"a": ("x", np.arange(3.0))}, attrs={"format": "something-else"}).to_netcdf(other, engine="h5netcdf")
+    with pytest.raises(ValueError, match=re.escape("not an optisim PSF grid (format attribute 'something-else')")):
         open_psf_grid(other)
 
 
@@ -174,9 +168,7 @@ def test_torch_and_poppy_backends_agree(name):
 
 
 def test_backend_and_sampling_errors(default_lens):
-    with pytest.raises(
-        ValueError, match=re.escape("backend: expected one of ('torch', 'poppy'), got 'zemax'")
-    ):
+    with pytest.raises(ValueError, match=re.escape("backend: expected one of ('torch', 'poppy'), got 'zemax'")):
         psf_grid(default_lens, grid=(1, 1), size=9, backend="zemax")
     coarse = default_lens.replace(pixel_size_um=0.4)
     with pytest.raises(SamplingError, match="undersamples the PSF"):

@@ -176,9 +176,7 @@ def test_field_curvature_and_spherical_forms():
 
 def test_extra_terms_add_to_classical_ones():
     hx, hy = random_field(seed=4)
-    model = FieldModel(
-        coma=0.1, terms=(FieldTerm((3, 1), 0.04, hx_power=2, hy_power=3), FieldTerm((6, 0), -0.02))
-    )
+    model = FieldModel(coma=0.1, terms=(FieldTerm((3, 1), 0.04, hx_power=2, hy_power=3), FieldTerm((6, 0), -0.02)))
     assert set(model.modes()) == {(3, 1), (3, -1), (6, 0)}
     c = model.coefficients(hx, hy, [(3, 1), (6, 0)])
     np.testing.assert_allclose(c[:, 0], 0.1 * hx + 0.04 * hx**2 * hy**3, atol=1e-14)
@@ -220,9 +218,7 @@ def test_rotational_symmetry_of_classical_terms(alpha):
 
     def rotate(pair, angle):
         a, b = pair[:, 0], pair[:, 1]
-        return np.stack(
-            [np.cos(angle) * a - np.sin(angle) * b, np.sin(angle) * a + np.cos(angle) * b], axis=1
-        )
+        return np.stack([np.cos(angle) * a - np.sin(angle) * b, np.sin(angle) * a + np.cos(angle) * b], axis=1)
 
     np.testing.assert_allclose(c1[:, 0:2], rotate(c0[:, 0:2], 2 * alpha), atol=1e-12)  # astigmatism: 2α
     np.testing.assert_allclose(c1[:, 2:4], rotate(c0[:, 2:4], alpha), atol=1e-12)  # coma: α
@@ -236,9 +232,7 @@ def test_rotational_symmetry_of_classical_terms(alpha):
 def test_units_convert_with_reference_wavelength():
     base = load_preset("default")
     in_waves = base.replace(aberrations=FieldModel(astigmatism=0.5, coma=0.2, reference_wavelength_um=0.6))
-    in_um = base.replace(
-        aberrations=FieldModel(astigmatism=0.3, coma=0.12, unit="um_rms", reference_wavelength_um=0.6)
-    )
+    in_um = base.replace(aberrations=FieldModel(astigmatism=0.3, coma=0.12, unit="um_rms", reference_wavelength_um=0.6))
     hx, hy = random_field(seed=6)
     np.testing.assert_allclose(in_waves.zernike_um(hx, hy), in_um.zernike_um(hx, hy), atol=1e-14)
     np.testing.assert_allclose(in_waves.zernike_waves(hx, hy), in_um.zernike_waves(hx, hy), atol=1e-14)
@@ -317,9 +311,7 @@ def test_unknown_key_names_key_and_suggests():
     def mutate(d):
         d["optics"]["wavelenght_um"] = d["optics"].pop("wavelength_um")
 
-    check_error(
-        mutate, re.escape("unknown key 'optics.wavelenght_um' in lens file (did you mean 'wavelength_um'?)")
-    )
+    check_error(mutate, re.escape("unknown key 'optics.wavelenght_um' in lens file (did you mean 'wavelength_um'?)"))
 
 
 def test_unknown_top_level_key():
@@ -331,9 +323,7 @@ def test_unknown_top_level_key():
     def unrelated(d):
         d["colour"] = "red"
 
-    check_error(
-        unrelated, re.escape("unknown key 'colour' in lens file; allowed keys: format, format_version")
-    )
+    check_error(unrelated, re.escape("unknown key 'colour' in lens file; allowed keys: format, format_version"))
 
 
 def test_unknown_key_in_term_and_sensor():
@@ -398,9 +388,7 @@ def test_non_positive_camera_pixel_and_magnification():
     def magnification(d):
         d["sensor"] = {"shape": [64, 64], "camera_pixel_um": 6.5, "magnification": 0.0}
 
-    check_error(
-        magnification, re.escape("'sensor.magnification': expected a positive magnification, got 0.0")
-    )
+    check_error(magnification, re.escape("'sensor.magnification': expected a positive magnification, got 0.0"))
 
 
 def test_both_pixel_sizes():
@@ -427,9 +415,7 @@ def test_wrong_number_of_weights():
     def mutate(d):
         d["optics"]["wavelength_weights"] = [0.5, 0.5]
 
-    check_error(
-        mutate, re.escape("'optics.wavelength_weights': expected 1 weights (one per wavelength), got 2")
-    )
+    check_error(mutate, re.escape("'optics.wavelength_weights': expected 1 weights (one per wavelength), got 2"))
 
     def negative(d):
         d["optics"]["wavelength_um"] = [0.5, 0.6]
@@ -571,9 +557,7 @@ def test_field_term_validates():
         FieldTerm((2, 0), 0.1, hx_power=-1)
     with pytest.raises(ValueError, match=re.escape("n - |m| must be even")):
         FieldTerm((2, 1), 0.1)
-    with pytest.raises(
-        LensFileError, match=re.escape("'aberrations.reference_wavelength_um': expected a positive")
-    ):
+    with pytest.raises(LensFileError, match=re.escape("'aberrations.reference_wavelength_um': expected a positive")):
         FieldModel(reference_wavelength_um=0.0)
 
 

@@ -103,9 +103,7 @@ def test_batches_and_progress(default_lens):
     hx = np.linspace(-0.9, 0.9, 5)
     hy = np.linspace(0.9, -0.9, 5)
     calls = []
-    psf_a, energy_a = compute_psfs(
-        default_lens, hx, hy, size=17, dtype=F64, batch_size=2, progress=calls.append
-    )
+    psf_a, energy_a = compute_psfs(default_lens, hx, hy, size=17, dtype=F64, batch_size=2, progress=calls.append)
     psf_b, energy_b = compute_psfs(default_lens, hx, hy, size=17, dtype=F64)
     assert calls == [2, 2, 1]
     np.testing.assert_allclose(psf_a, psf_b, rtol=0, atol=1e-14)
@@ -128,9 +126,7 @@ def test_broadband_is_weighted_sum_of_energy_psfs(perfect):
         pupil_samples=64,
         wavelengths_um=(0.5, 0.6),
         wavelength_weights=(1.0, 3.0),
-        aberrations=FieldModel(
-            terms=(FieldTerm((2, 0), 0.3), FieldTerm((3, 1), 0.1)), reference_wavelength_um=0.55
-        ),
+        aberrations=FieldModel(terms=(FieldTerm((2, 0), 0.3), FieldTerm((3, 1), 0.1)), reference_wavelength_um=0.55),
     )
     coeffs = torch.as_tensor(lens.zernike_um(0.0, 0.0)[None], dtype=F64)
     modes = lens.aberrations.modes()
@@ -141,9 +137,7 @@ def test_broadband_is_weighted_sum_of_energy_psfs(perfect):
         )
         for wl in (0.5, 0.6)
     ]
-    np.testing.assert_allclose(
-        psf.numpy(), (0.25 * parts[0] + 0.75 * parts[1]).numpy(), rtol=1e-12, atol=1e-16
-    )
+    np.testing.assert_allclose(psf.numpy(), (0.25 * parts[0] + 0.75 * parts[1]).numpy(), rtol=1e-12, atol=1e-16)
 
 
 # -- Airy pattern -----------------------------------------------------------------------------------------
@@ -249,9 +243,7 @@ def test_coma_symmetry(sym_lens):
 
 
 def test_even_size_puts_chief_ray_at_size_over_two(perfect):
-    psf = single_mode_psfs(
-        perfect.replace(pixel_size_um=LAM / NA / 6, pupil_samples=64), (4, 0), [0.2], size=32
-    )[0]
+    psf = single_mode_psfs(perfect.replace(pixel_size_um=LAM / NA / 6, pupil_samples=64), (4, 0), [0.2], size=32)[0]
     c = 16
     assert np.unravel_index(np.argmax(psf), psf.shape) == (c, c)
     np.testing.assert_allclose(psf[c, c + 1 :], psf[c, c - 1 : 0 : -1], rtol=1e-9)
@@ -394,9 +386,7 @@ def test_undersampled_pixel(default_lens):
 
 def test_pupil_too_coarse_for_aberration(default_lens):
     lens = default_lens.replace(pupil_samples=16, aberrations=FieldModel(terms=(FieldTerm((2, 0), 3.0),)))
-    with pytest.raises(
-        SamplingError, match=r"pupil sampling 16 is too coarse .* use at least \d+ pupil samples"
-    ):
+    with pytest.raises(SamplingError, match=r"pupil sampling 16 is too coarse .* use at least \d+ pupil samples"):
         compute_psfs(lens, 0.0, 0.0, size=17)
     # the same wavefront on a finer pupil is fine
     psf, _ = compute_psfs(lens.replace(pupil_samples=128), 0.0, 0.0, size=17)
@@ -448,9 +438,7 @@ def test_pupil_grid_and_apodisation():
     np.testing.assert_allclose(pupil_amplitude(edge, apodisation="gaussian", sigma=0.5), [1, math.exp(-2), 0])
     with pytest.raises(ValueError, match=re.escape("sigma: gaussian apodisation needs a positive width")):
         pupil_amplitude(edge, apodisation="gaussian")
-    with pytest.raises(
-        ValueError, match=re.escape("apodisation: expected 'none', 'aplanatic' or 'gaussian', got 'x'")
-    ):
+    with pytest.raises(ValueError, match=re.escape("apodisation: expected 'none', 'aplanatic' or 'gaussian', got 'x'")):
         pupil_amplitude(edge, apodisation="x")
 
 

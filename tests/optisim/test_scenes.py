@@ -196,3 +196,10 @@ def test_source_pickle_round_trip():
 def test_source_rejects_wrong_config_type():
     with pytest.raises(TypeError, match="config: expected a SceneConfig or None, got dict"):
         SyntheticSource({"nuclei": (1, 2)})
+
+
+def test_scene_without_points_is_float():
+    """Regression: with no filaments and no beads the point layer was an int64 array and nuclei failed to add."""
+    cfg = SceneConfig(filaments=(0, 0), beads=(0, 0), nuclei=(2, 2))
+    scene = fluorescence_scene((24, 24), np.random.default_rng(0), config=cfg)
+    assert scene.dtype == np.float32 and scene.max() > 0

@@ -146,15 +146,11 @@ def test_known_closed_forms():
     np.testing.assert_allclose(zernike_nm(1, 1, rho, theta), 2 * rho * np.cos(theta), atol=1e-14)
     np.testing.assert_allclose(zernike_nm(1, -1, rho, theta), 2 * rho * np.sin(theta), atol=1e-14)
     np.testing.assert_allclose(zernike_nm(2, 0, rho, theta), np.sqrt(3) * (2 * rho**2 - 1), atol=1e-14)
-    np.testing.assert_allclose(
-        zernike_nm(2, 2, rho, theta), np.sqrt(6) * rho**2 * np.cos(2 * theta), atol=1e-14
-    )
+    np.testing.assert_allclose(zernike_nm(2, 2, rho, theta), np.sqrt(6) * rho**2 * np.cos(2 * theta), atol=1e-14)
     np.testing.assert_allclose(
         zernike_nm(3, 1, rho, theta), np.sqrt(8) * (3 * rho**3 - 2 * rho) * np.cos(theta), atol=1e-14
     )
-    np.testing.assert_allclose(
-        zernike_nm(4, 0, rho, theta), np.sqrt(5) * (6 * rho**4 - 6 * rho**2 + 1), atol=1e-13
-    )
+    np.testing.assert_allclose(zernike_nm(4, 0, rho, theta), np.sqrt(5) * (6 * rho**4 - 6 * rho**2 + 1), atol=1e-13)
 
 
 def test_orthonormal_on_unit_disk():
@@ -176,9 +172,7 @@ def test_edge_value_and_no_masking_outside_disk():
 
 
 def test_shape_mismatch_is_rejected():
-    with pytest.raises(
-        ValueError, match=re.escape("rho and theta: expected the same shape, got (3,) and (4,)")
-    ):
+    with pytest.raises(ValueError, match=re.escape("rho and theta: expected the same shape, got (3,) and (4,)")):
         zernike_nm(2, 0, np.zeros(3), np.zeros(4))
 
 
@@ -245,18 +239,14 @@ def test_ansi_negative():
 
 
 def test_nm_parity():
-    with pytest.raises(
-        ValueError, match=re.escape("(n, m) = (2, 1) is not a Zernike index: n - |m| must be even")
-    ):
+    with pytest.raises(ValueError, match=re.escape("(n, m) = (2, 1) is not a Zernike index: n - |m| must be even")):
         nm_to_noll(2, 1)
     with pytest.raises(ValueError, match=re.escape("n - |m| must be even")):
         nm_to_ansi(4, 1)
 
 
 def test_nm_m_too_large():
-    with pytest.raises(
-        ValueError, match=re.escape("(n, m) = (1, 3) is not a Zernike index: |m| must be <= n")
-    ):
+    with pytest.raises(ValueError, match=re.escape("(n, m) = (1, 3) is not a Zernike index: |m| must be <= n")):
         nm_to_noll(1, 3)
 
 
