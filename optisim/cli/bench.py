@@ -70,7 +70,7 @@ def bench_forward_cmd(size, rank, kernel_size, batches, repeat, accuracy, device
 
 
 @bench.command("dataset")
-@click.option("--n", "n", type=click.IntRange(1, None), default=400, show_default=True, help="Samples per run.")
+@click.option("--n", "n", type=click.IntRange(1, None), default=1000, show_default=True, help="Samples per run.")
 @click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True, help="Sample side S.")
 @click.option("--workers", type=click.IntRange(0, 256), multiple=True, default=(0, 2), show_default=True)
 @click.option("--noise/--no-noise", default=True, show_default=True)

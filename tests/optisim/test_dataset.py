@@ -93,7 +93,8 @@ def test_schema_read_with_h5py(reference, lens):
             d = f[name]
             assert d.shape == (N, SIZE, SIZE) and d.dtype == np.float32
             assert d.chunks == (1, SIZE, SIZE)
-            assert d.compression == "gzip" and d.compression_opts == 1 and d.shuffle
+            assert d.compression == "gzip" and d.compression_opts == 1
+            assert d.shuffle == (name == "sharp")  # noisy camera data compresses better unshuffled
             assert d.attrs["units"] == "normalised intensity" and d.attrs["axes"] == "sample, y, x"
             assert [d.dims[i][0].name for i in range(3)] == ["/sample", "/y", "/x"]
             assert np.isfinite(d[()]).all()
