@@ -153,17 +153,23 @@ def product_convolution(
     -------
     (B, H, W) or (H, W) tensor, the blurred image.
     """
-    x, squeeze = _check_image(x, "x")
+    x, squeeze, spectra, shape, fft_shape = _prepare(x, "x", weights, kernels, spectra)
+    y = torch.cat([_forward_chunked(xb, wb, spectra, shape, fft_shape) for xb, wb in _pieces(x, weights)])
+    return y[0] if squeeze else y
+
+
+def _prepare(x, name: str, weights, kernels, spectra):
+    """Checks shared by the low-rank operator and its adjoint; the kernels' spectra, computed if not given."""
+    x, squeeze = _check_image(x, name)
     k = kernels.shape[0]
     _check_weights(weights, x, k)
-    h, w = x.shape[-2:]
-    hp, wp = padded_shape((h, w), _odd_kernels(kernels).shape)
+    shape = tuple(x.shape[-2:])
+    hp, wp = padded_shape(shape, _odd_kernels(kernels).shape)
     if spectra is None:
         spectra = kernel_spectra(kernels.to(x), (hp, wp))
     elif spectra.shape != (k, hp, wp // 2 + 1):
         raise ValueError(f"spectra: expected shape {(k, hp, wp // 2 + 1)}, got {tuple(spectra.shape)}")
-    y = torch.cat([_forward_chunked(xb, wb, spectra, (h, w), (hp, wp)) for xb, wb in _pieces(x, weights)])
-    return y[0] if squeeze else y
+    return x, squeeze, spectra, shape, (hp, wp)
 
 
 def _pieces(x: torch.Tensor, weights: torch.Tensor):
@@ -196,16 +202,8 @@ def product_convolution_adjoint(
 
     One ``rfft2`` of ``y`` and K inverse transforms per image (batched as in the forward operator). Same shapes.
     """
-    y, squeeze = _check_image(y, "y")
-    k = kernels.shape[0]
-    _check_weights(weights, y, k)
-    h, w = y.shape[-2:]
-    hp, wp = padded_shape((h, w), _odd_kernels(kernels).shape)
-    if spectra is None:
-        spectra = kernel_spectra(kernels.to(y), (hp, wp))
-    elif spectra.shape != (k, hp, wp // 2 + 1):
-        raise ValueError(f"spectra: expected shape {(k, hp, wp // 2 + 1)}, got {tuple(spectra.shape)}")
-    x = torch.cat([_adjoint_chunked(yb, wb, spectra, (h, w), (hp, wp)) for yb, wb in _pieces(y, weights)])
+    y, squeeze, spectra, shape, fft_shape = _prepare(y, "y", weights, kernels, spectra)
+    x = torch.cat([_adjoint_chunked(yb, wb, spectra, shape, fft_shape) for yb, wb in _pieces(y, weights)])
     return x[0] if squeeze else x
 
 

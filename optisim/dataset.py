@@ -119,9 +119,8 @@ def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _record(lens: Lens, source, config: DatasetConfig) -> dict:
-    described = dict(source.describe())
-    described.pop("path", None)  # the same images moved elsewhere are the same dataset
+def _record(lens: Lens, source_info: dict, config: DatasetConfig) -> dict:
+    described = {k: v for k, v in source_info.items() if k != "path"}  # moved images are the same dataset
     return {
         "schema_version": SCHEMA_VERSION,
         "optisim_version": __version__,
@@ -252,18 +251,17 @@ def write_dataset(
     config = DatasetConfig(**{**config.__dict__, "kernel_size": kernel})
     check_size(config.size, lens.sensor_shape, kernel)  # before the PSF grid is computed
     source_info = source.describe()
-    record = _record(lens, source, config)
+    record = _record(lens, source_info, config)
     if path.exists() and overwrite:
         path.unlink()
+    grid_ds = None
     if path.exists():
-        _check_existing(path, record)
-        gen = SampleGenerator(
-            lens, source, size=config.size, seed=config.seed, noise=config.noise, model=_read_model(path)
-        )
+        model = _open_existing(path, record, lens.sensor_shape)
     else:
         grid_ds = psf_grid(lens, grid=config.grid, size=kernel)
         model = EigenPSFs.from_psf_grid(grid_ds, rank=config.rank, tol=config.tol)
-        gen = SampleGenerator(lens, source, size=config.size, seed=config.seed, noise=config.noise, model=model)
+    gen = SampleGenerator(lens, source, size=config.size, seed=config.seed, noise=config.noise, model=model)
+    if grid_ds is not None:
         _create(path, gen, grid_ds, config, record, source_info)
     with h5py.File(path, "r+") as f:
         todo = np.flatnonzero(f["done"][:] == 0)
@@ -289,7 +287,8 @@ def write_dataset(
     }
 
 
-def _check_existing(path: Path, record: dict) -> None:
+def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
+    """Check that an existing file was written with ``record``'s configuration; return its low-rank model."""
     try:
         with h5py.File(path, "r") as f:
             name = f.attrs.get("schema_name")
@@ -300,6 +299,15 @@ def _check_existing(path: Path, record: dict) -> None:
                 "config": json.loads(f.attrs["config"]),
                 "source": {k: v for k, v in json.loads(f.attrs["source"]).items() if k != "path"},
             }
+            m = f["lowrank"]
+            model = EigenPSFs(
+                kernels=m["kernels"][:],
+                coefficients=m["coefficients"][:],
+                field_y=f["psf_grid/field_y"][:],
+                field_x=f["psf_grid/field_x"][:],
+                sensor_shape=tuple(sensor_shape),
+                singular_values=m["singular_values"][:],
+            )
     except (OSError, KeyError) as err:
         raise ValueError(
             f"{path} exists but is not a readable optisim dataset ({err}); use --overwrite to replace it"
@@ -314,20 +322,7 @@ def _check_existing(path: Path, record: dict) -> None:
             f"{path} exists and belongs to a different configuration ({diff}); use --overwrite to replace it, "
             f"or choose another output path"
         )
-
-
-def _read_model(path: Path) -> EigenPSFs:
-    with h5py.File(path, "r") as f:
-        lens = Lens.from_toml(str(f.attrs["lens_toml"]))
-        m = f["lowrank"]
-        return EigenPSFs(
-            kernels=m["kernels"][:],
-            coefficients=m["coefficients"][:],
-            field_y=f["psf_grid/field_y"][:],
-            field_x=f["psf_grid/field_x"][:],
-            sensor_shape=lens.sensor_shape,
-            singular_values=m["singular_values"][:],
-        )
+    return model
 
 
 def _encode_chunk(array: np.ndarray, shuffle: bool) -> bytes:

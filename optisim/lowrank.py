@@ -24,7 +24,7 @@ import torch
 from scipy.interpolate import BSpline, RectBivariateSpline
 
 from optisim.blur import ExactBlur, ProductConvolution
-from optisim.field import pixel_to_field
+from optisim.field import field_grid, pixel_to_field
 from optisim.lens import Lens
 from optisim.psf import compute_psfs
 
@@ -64,8 +64,6 @@ def kernel_size_for(lens: Lens, *, energy: float = DEFAULT_ENERGY, max_size: int
     """
     if not 0 < energy < 1:
         raise ValueError(f"energy: expected a fraction in (0, 1), got {energy}")
-    from optisim.field import field_grid
-
     hy, hx = field_grid(lens.sensor_shape, grid)
     hyy, hxx = np.meshgrid(hy, hx, indexing="ij")
     psf, inside = compute_psfs(lens, hxx.ravel(), hyy.ravel(), size=max_size, allow_undersampled=True)

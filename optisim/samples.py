@@ -99,7 +99,7 @@ class SampleGenerator:
         if model is None:
             model = EigenPSFs.from_lens(lens, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
         self.lens, self.source, self.noise, self.model = lens, source, noise, model
-        self.seed = _check_seed(seed)
+        self.seed = _nonnegative_int("seed", seed)
         self.size = check_size(size, lens.sensor_shape, model.kernels.shape[-1])
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self._setup()
@@ -125,7 +125,7 @@ class SampleGenerator:
 
     def rng(self, index: int) -> np.random.Generator:
         """The random stream of sample ``index``."""
-        return np.random.default_rng([self.seed, _check_index(index)])
+        return np.random.default_rng([self.seed, _nonnegative_int("index", index)])
 
     def offset(self, index: int, rng: np.random.Generator | None = None) -> tuple[int, int]:
         """Crop offset ``(y0, x0)`` of sample ``index`` (the first draw of its stream)."""
@@ -169,16 +169,10 @@ class SampleGenerator:
         }
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def _check_index(index) -> int:
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"index: expected a non-negative integer, got {index!r}")
-    return int(index)
+def _nonnegative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def check_size(size, sensor_shape, kernel_size: int) -> int:
