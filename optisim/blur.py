@@ -92,7 +92,7 @@ def _odd_kernels(kernels: torch.Tensor) -> torch.Tensor:
     return kernels
 
 
-def _check_image(x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+def check_image(x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor (B, H, W) or (H, W), got {type(x).__name__}")
     if x.ndim not in (2, 3):
@@ -160,7 +160,7 @@ def product_convolution(
 
 def _prepare(x, name: str, weights, kernels, spectra):
     """Checks shared by the low-rank operator and its adjoint; the kernels' spectra, computed if not given."""
-    x, squeeze = _check_image(x, name)
+    x, squeeze = check_image(x, name)
     k = kernels.shape[0]
     _check_weights(weights, x, k)
     shape = tuple(x.shape[-2:])
@@ -237,7 +237,7 @@ def exact_blur(x: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
 
     Memory is ``B * H * W * kh * kw`` elements: meant for images up to about 128x128 and for validation.
     """
-    x, squeeze = _check_image(x, "x")
+    x, squeeze = check_image(x, "x")
     psfs = _check_psfs(psfs, x)
     b, (h, w), (kh, kw) = x.shape[0], x.shape[-2:], psfs.shape[-2:]
     # column q of `blocks` is the PSF of source q scaled by its intensity; fold scatters and sums the blocks
@@ -249,7 +249,7 @@ def exact_blur(x: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
 
 def exact_blur_adjoint(y: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
     """Adjoint of :func:`exact_blur`: ``x[q] = sum_p h_q[p - q + c] y[p]`` (each source gathers along its PSF)."""
-    y, squeeze = _check_image(y, "y")
+    y, squeeze = check_image(y, "y")
     psfs = _check_psfs(psfs, y)
     b, (h, w), (kh, kw) = y.shape[0], y.shape[-2:], psfs.shape[-2:]
     patches = F.unfold(y[:, None], kernel_size=(kh, kw), padding=(kh // 2, kw // 2))  # (B, kh*kw, H*W)

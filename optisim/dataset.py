@@ -55,7 +55,16 @@ from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_fo
 from optisim.noise import CameraNoise
 from optisim.samples import SampleGenerator, check_size
 
-__all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "DatasetConfig", "dataset_info", "open_dataset", "write_dataset"]
+__all__ = [
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "SPLIT_NAMES",
+    "DatasetConfig",
+    "dataset_info",
+    "open_dataset",
+    "read_forward_model",
+    "write_dataset",
+]
 
 SCHEMA_NAME = "optisim-dataset"
 SCHEMA_VERSION = 1
@@ -299,15 +308,7 @@ def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
                 "config": json.loads(f.attrs["config"]),
                 "source": {k: v for k, v in json.loads(f.attrs["source"]).items() if k != "path"},
             }
-            m = f["lowrank"]
-            model = EigenPSFs(
-                kernels=m["kernels"][:],
-                coefficients=m["coefficients"][:],
-                field_y=f["psf_grid/field_y"][:],
-                field_x=f["psf_grid/field_x"][:],
-                sensor_shape=tuple(sensor_shape),
-                singular_values=m["singular_values"][:],
-            )
+            model = _read_model(f, sensor_shape)
     except (OSError, KeyError) as err:
         raise ValueError(
             f"{path} exists but is not a readable optisim dataset ({err}); use --overwrite to replace it"
@@ -323,6 +324,31 @@ def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
             f"or choose another output path"
         )
     return model
+
+
+def _read_model(f: h5py.File, sensor_shape) -> EigenPSFs:
+    m = f["lowrank"]
+    return EigenPSFs(
+        kernels=m["kernels"][:],
+        coefficients=m["coefficients"][:],
+        field_y=f["psf_grid/field_y"][:],
+        field_x=f["psf_grid/field_x"][:],
+        sensor_shape=tuple(sensor_shape),
+        singular_values=m["singular_values"][:],
+    )
+
+
+def read_forward_model(path) -> tuple[Lens, EigenPSFs]:
+    """The lens and the low-rank PSF model a dataset was blurred with (``/lowrank``, ``/psf_grid``)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("schema_name") != SCHEMA_NAME:
+                raise ValueError(f"{path}: not an optisim dataset (schema {f.attrs.get('schema_name')!r})")
+            lens = Lens.from_toml(str(f.attrs["lens_toml"]), source=f"{path} (lens_toml)")
+            return lens, _read_model(f, lens.sensor_shape)
+    except (OSError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable optisim dataset ({err})") from None
 
 
 def _encode_chunk(array: np.ndarray, shuffle: bool) -> bytes:

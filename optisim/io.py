@@ -51,4 +51,8 @@ def read_tiff_metadata(path) -> dict:
 
     with tifffile.TiffFile(path) as tif:
         info = (tif.imagej_metadata or {}).get("Info")
-    return json.loads(info) if info else {}
+    try:
+        meta = json.loads(info) if info else {}
+    except ValueError:  # free-text Info, e.g. written by Fiji: not optisim metadata
+        return {}
+    return meta if isinstance(meta, dict) else {}

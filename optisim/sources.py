@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SUFFIXES", "ImageFolder", "open_image"]
+__all__ = ["DEFAULT_PERCENTILES", "SUFFIXES", "ImageFolder", "open_image", "percentile_range"]
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+DEFAULT_PERCENTILES = (0.1, 99.9)  # of a plane, mapped to 0 and 1
 _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _COLOUR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
@@ -174,6 +175,15 @@ def _check_channel(channel):
     return int(channel)
 
 
+def percentile_range(plane: np.ndarray, percentiles=None) -> tuple[float, float]:
+    """``(p_lo, p_hi)``: the intensities at the normalisation percentiles of a plane (default ``DEFAULT_PERCENTILES``).
+
+    :class:`ImageFolder` maps them to 0 and 1; ``optisim deblur`` uses the same map (unclipped) and undoes it.
+    """
+    lo, hi = np.percentile(plane, DEFAULT_PERCENTILES if percentiles is None else percentiles)
+    return float(lo), float(hi)
+
+
 class ImageFolder:
     """Images in a folder, cut into 2-D planes, as a source of random sharp crops for training.
 
@@ -206,7 +216,7 @@ class ImageFolder:
         *,
         channel: int | None = None,
         recursive: bool = False,
-        normalize: tuple[float, float] = (0.1, 99.9),
+        normalize: tuple[float, float] = DEFAULT_PERCENTILES,
         augment: bool = True,
         cache_size: int = 32,
     ):
@@ -276,11 +286,8 @@ class ImageFolder:
                 raw = np.asarray(_read(self.path / rel, layout)[idx], dtype=np.float32)
         except (OSError, EOFError, ValueError) as exc:
             raise ValueError(f"{rel}: cannot decode plane {j}: {type(exc).__name__}: {exc}") from exc
-        p_lo, p_hi = np.percentile(raw, self.normalize)
-        if p_hi > p_lo:
-            plane = np.clip((raw - np.float32(p_lo)) / np.float32(p_hi - p_lo), 0, 1)
-        else:
-            plane = np.zeros_like(raw)
+        p_lo, p_hi = percentile_range(raw, self.normalize)
+        plane = np.clip((raw - np.float32(p_lo)) / np.float32(p_hi - p_lo), 0, 1) if p_hi > p_lo else np.zeros_like(raw)
         plane.flags.writeable = False
         if self.cache_size:
             if len(self._cache) >= self.cache_size:

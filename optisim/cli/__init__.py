@@ -65,10 +65,15 @@ def _debug(ctx) -> bool:
     lazy_subcommands={
         "bench": "optisim.cli.bench:bench",
         "dataset": "optisim.cli.dataset:dataset",
+        "deblur": "learn.cli.deblur:deblur",
         "demo": "optisim.cli.demo:demo",
+        "evaluate": "learn.cli.evaluate:evaluate",
+        "experiment": "learn.cli.experiment:experiment",
         "lens": "optisim.cli.lens:lens",
+        "models": "learn.cli.train:models",
         "psf": "optisim.cli.psf:psf",
         "simulate": "optisim.cli.simulate:simulate",
+        "train": "learn.cli.train:train",
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

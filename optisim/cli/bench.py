@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
+from optisim.cli import LazyGroup
 from optisim.cli._options import resolve_device
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_subcommands={"learn": "learn.cli.bench:bench_learn"})
 def bench():
     """Benchmarks (they print figures; nothing is asserted)."""
 
