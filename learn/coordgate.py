@@ -46,6 +46,7 @@ __all__ = [
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
 CACHE_SIZE = 8
+INITS = ("identity", "random")
 
 
 def sensor_coordinates(offsets, shape, sensor_shape, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -95,6 +96,8 @@ class CoordinateEncoder(nn.Module):
     hidden : int, width of the hidden layers
     layers : int >= 1, linear layers (1 = a single linear map from the coordinates to the gates)
     activation : one of ``ACTIVATIONS``, between linear layers
+    init : ``"identity"`` (the last layer's weights 0 and biases 1, so every gate starts at 1) or ``"random"``
+        (PyTorch's default initialisation, as in the reference code)
     fourier : int >= 0, octaves of Fourier features: each coordinate c is replaced by
         ``[c, sin(2^k π c), cos(2^k π c)]`` for k = 0 .. fourier-1 (deterministic, no random projection)
 
@@ -110,8 +113,11 @@ class CoordinateEncoder(nn.Module):
         layers: int = 3,
         activation: str = "relu",
         fourier: int = 0,
+        init: str = "identity",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(INITS)}, got {init!r}")
         for name, value, low in (("channels", channels, 1), ("in_features", in_features, 1), ("hidden", hidden, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -129,6 +135,9 @@ class CoordinateEncoder(nn.Module):
             if i < layers - 1:
                 modules.append(ACTIVATIONS[activation]())
         self.mlp = nn.Sequential(*modules)
+        if init == "identity":  # every gate starts at 1: the layer starts as its plain convolutional block
+            nn.init.zeros_(modules[-1].weight)
+            nn.init.ones_(modules[-1].bias)
 
     def features(self, coords: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., in_features * (1 + 2 * fourier))."""
@@ -142,7 +151,7 @@ class CoordinateEncoder(nn.Module):
         if coords.ndim < 2 or coords.shape[1] != self.in_features:
             raise ValueError(f"coords: expected shape (B, {self.in_features}, ...), got {tuple(coords.shape)}")
         x = coords.movedim(1, -1)
-        return self.mlp(self.features(x)).movedim(-1, 1)
+        return self.mlp(self.features(x)).movedim(-1, 1).contiguous()  # channels-first memory, as the features
 
 
 def _clear_cache_after_load(module, incompatible_keys) -> None:
@@ -158,6 +167,8 @@ class CoordGate(nn.Module):
     block : nn.Module or None, h; None applies the gate to the features given (as in the CG U-Net, where the gate
         follows the U-Net's own double convolution)
     mix : bool, a 1x1 convolution after the gate (the paper's optional final layer)
+    init : ``"identity"``: gates start at 1 and the mix at the identity, so a CoordGate network starts as its
+        backbone and learns only the spatial variation on top; ``"random"``: PyTorch's default initialisation
     hidden, layers, activation, fourier : the encoder g (:class:`CoordinateEncoder`)
 
     ``forward(x, coords, cache_key=None)``: x (B, C_in, *spatial), coords (B or 1, n, *spatial) on the grid of
@@ -176,17 +187,29 @@ class CoordGate(nn.Module):
         fourier: int = 0,
         in_features: int = 2,
         dims: int = 2,
+        init: str = "identity",
     ):
         super().__init__()
         if dims not in (1, 2):
             raise ValueError(f"dims: expected 1 or 2, got {dims!r}")
         self.block = nn.Identity() if block is None else block
         self.encoder = CoordinateEncoder(
-            channels, in_features=in_features, hidden=hidden, layers=layers, activation=activation, fourier=fourier
+            channels,
+            in_features=in_features,
+            hidden=hidden,
+            layers=layers,
+            activation=activation,
+            fourier=fourier,
+            init=init,
         )
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         self.mix = conv(channels, channels, 1) if mix else nn.Identity()
+        if mix and init == "identity":
+            with torch.no_grad():
+                self.mix.weight.copy_(torch.eye(channels).reshape(self.mix.weight.shape))
+                self.mix.bias.zero_()
         self.channels = channels
+        self.inplace = False  # may the gate overwrite the features h(x) at inference (set by the owner of the data)
         self._cache: OrderedDict = OrderedDict()
         self.register_load_state_dict_post_hook(_clear_cache_after_load)
 
@@ -222,5 +245,19 @@ class CoordGate(nn.Module):
                 f"coords: expected spatial shape {tuple(features.shape[2:])} (that of the features), "
                 f"got {tuple(coords.shape[2:])}"
             )
-        gate = self.gate(coords, cache_key)
-        return self.mix(features * gate.to(features.dtype))
+        gate = self.gate(coords, cache_key).to(features.dtype)
+        if torch.is_grad_enabled() or features.ndim != 4:
+            return self.mix(features * gate)
+        # inference: gate in place when the caller allows it (the CG U-Net does: the features are its own), and the
+        # 1x1 mix as one matrix product per image (on the CPU 2x faster than a 1x1 convolution, no extra bias pass)
+        gated = features.mul_(gate) if self.inplace and features.is_contiguous() else features * gate
+        return self._mix_inference(gated.contiguous())
+
+    def _mix_inference(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.mix, nn.Conv2d):
+            return x
+        w, b = self.mix.weight.flatten(1).to(x.dtype), self.mix.bias.to(x.dtype)
+        out = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            torch.addmm(b[:, None], w, x[i].flatten(1), out=out[i].flatten(1))
+        return out

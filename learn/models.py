@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learn.coordgate import ACTIVATIONS, CoordGate, pool_coordinates, sensor_coordinates
+from learn.coordgate import ACTIVATIONS, INITS, CoordGate, pool_coordinates, sensor_coordinates
 from optisim._keys import reject_unknown_keys
 
 __all__ = [
@@ -63,7 +63,8 @@ class ModelConfig:
     width : int, channels at the first level (doubling per level)
     sensor_shape : (ny, nx) pixels of the sensor the coordinates refer to (the lens the model is trained for)
     residual : bool, output = input + network (the first input channel)
-    gate_hidden, gate_layers, gate_activation, gate_fourier, gate_mix : the CoordGate encoder and its 1x1 mix
+    gate_hidden, gate_layers, gate_activation, gate_fourier, gate_mix, gate_init : the CoordGate encoder and its
+        1x1 mix (:class:`learn.coordgate.CoordGate`)
     psf_count, psf_size : K and k of MultiWienerNet's PSFs (set from the data when the model is built)
     """
 
@@ -78,6 +79,7 @@ class ModelConfig:
     gate_activation: str = "relu"
     gate_fourier: int = 0
     gate_mix: bool = True
+    gate_init: str = "identity"
     psf_count: int = 9
     psf_size: int = 31
 
@@ -91,6 +93,8 @@ class ModelConfig:
         for key in ("residual", "gate_mix"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        if self.gate_init not in INITS:
+            raise ValueError(f"gate_init: expected one of {', '.join(INITS)}, got {self.gate_init!r}")
         if self.gate_activation not in ACTIVATIONS:
             raise ValueError(f"gate_activation: expected one of {sorted(ACTIVATIONS)}, got {self.gate_activation!r}")
         if self.psf_size % 2 == 0:
@@ -152,14 +156,17 @@ class _Backbone(nn.Module):
         if gated:
 
             def gate(channels):
-                return CoordGate(
+                g = CoordGate(
                     channels,
                     mix=config.gate_mix,
                     hidden=config.gate_hidden,
                     layers=config.gate_layers,
                     activation=config.gate_activation,
                     fourier=config.gate_fourier,
+                    init=config.gate_init,
                 )
+                g.inplace = True  # the features it gates are the backbone's own intermediate tensor
+                return g
 
             self.gates_down = nn.ModuleList(gate(widths[i]) for i in range(d - 1))
             self.gates_up = nn.ModuleList(gate(widths[i + 1]) for i in range(d - 1))

@@ -208,7 +208,13 @@ class CG1d(nn.Module):
         super().__init__()
         _check_sizes(layers=layers, kernel_size=kernel_size, channels=channels, encoder_layers=encoder_layers)
         w = [1] + [channels] * layers
-        options = {"mix": False, "hidden": channels, "layers": encoder_layers, "activation": activation}
+        options = {
+            "mix": False,
+            "hidden": channels,
+            "layers": encoder_layers,
+            "activation": activation,
+            "init": "random",
+        }
         self.gates = nn.ModuleList(
             CoordGate(
                 channels, block=nn.Conv1d(w[i], channels, kernel_size, padding="same"), dims=1, in_features=1, **options

@@ -140,14 +140,14 @@ def test_pool_coordinates_factor_one_is_the_identity():
 
 @pytest.mark.parametrize(("in_features", "spatial"), [(2, (5, 7)), (1, (11,)), (2, (3,)), (3, (2, 3, 4))])
 def test_encoder_shapes(in_features, spatial):
-    enc = CoordinateEncoder(6, in_features=in_features, hidden=8, fourier=2)
+    enc = CoordinateEncoder(6, init="random", in_features=in_features, hidden=8, fourier=2)
     out = enc(torch.randn(3, in_features, *spatial))
     assert out.shape == (3, 6, *spatial)
     assert enc.mlp[0].in_features == in_features * (1 + 2 * 2)
 
 
 def test_encoder_fourier_features():
-    enc = CoordinateEncoder(4, fourier=3)
+    enc = CoordinateEncoder(4, init="random", fourier=3)
     c = torch.rand(2, 5, 2) * 2 - 1  # (..., in_features)
     feats = enc.features(c)
     assert feats.shape == (2, 5, 2 * (1 + 2 * 3))
@@ -162,11 +162,11 @@ def test_encoder_fourier_features():
                 hits = [j for j in range(n) if torch.allclose(block[:, j].double(), expected, atol=1e-5)]
                 assert hits, f"no feature column holds {'sin' if block is sin_block else 'cos'}(2^{k} π c_{i})"
     # without octaves, the features are the coordinates
-    assert CoordinateEncoder(4).features(c) is c
+    assert CoordinateEncoder(4, init="random").features(c) is c
 
 
 def test_encoder_fourier_features_float64_precision():
-    enc = CoordinateEncoder(4, fourier=4).double()
+    enc = CoordinateEncoder(4, init="random", fourier=4).double()
     c = torch.linspace(-1, 1, 9, dtype=torch.float64)[:, None]
     feats = enc.features(c)
     expected = torch.cat([torch.sin(torch.pi * 2.0**k * c) for k in range(4)], dim=-1)
@@ -175,7 +175,7 @@ def test_encoder_fourier_features_float64_precision():
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_encoder_activations(activation):
-    enc = CoordinateEncoder(3, hidden=5, layers=3, activation=activation)
+    enc = CoordinateEncoder(3, init="random", hidden=5, layers=3, activation=activation)
     acts = [m for m in enc.mlp if not isinstance(m, nn.Linear)]
     assert len(acts) == 2 and all(type(m) is ACTIVATIONS[activation] for m in acts)
     assert [m.out_features for m in enc.mlp if isinstance(m, nn.Linear)] == [5, 5, 3]
@@ -189,7 +189,7 @@ def test_encoder_activations(activation):
 
 
 def test_encoder_single_layer_is_a_linear_map():
-    enc = CoordinateEncoder(3, layers=1)
+    enc = CoordinateEncoder(3, init="random", layers=1)
     assert len(enc.mlp) == 1
     c = torch.randn(2, 2, 4, 5)
     lin = enc.mlp[0]
@@ -223,7 +223,7 @@ def test_encoder_rejects_bad_arguments(kwargs, message):
 )
 def test_encoder_rejects_wrong_coords_shape(shape, got):
     with pytest.raises(ValueError, match=rf"coords: expected shape \(B, 2, \.\.\.\), got {got}"):
-        CoordinateEncoder(4)(torch.zeros(shape))
+        CoordinateEncoder(4, init="random")(torch.zeros(shape))
 
 
 # ---- CoordGate: Eq. (3) ------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_encoder_rejects_wrong_coords_shape(shape, got):
 @pytest.mark.parametrize("mix", [False, True])
 def test_coordgate_is_block_times_gate_then_mix(mix):
     block = nn.Conv2d(3, 5, 3, padding=1)
-    cg = CoordGate(5, block=block, mix=mix, hidden=8, fourier=1).double()
+    cg = CoordGate(5, init="random", block=block, mix=mix, hidden=8, fourier=1).double()
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
     coords = sensor_coordinates([(1, 2), (9, 0)], (6, 7), (16, 16), dtype=torch.float64)
     gated = block(x) * cg.encoder(coords)
@@ -242,7 +242,7 @@ def test_coordgate_is_block_times_gate_then_mix(mix):
 
 
 def test_coordgate_broadcasts_one_coordinate_map_over_the_batch():
-    cg = CoordGate(4, mix=True)
+    cg = CoordGate(4, init="random", mix=True)
     x = torch.randn(3, 4, 5, 6)
     coords = sensor_coordinates([(2, 2)], (5, 6), (10, 10))
     out = cg(x, coords)
@@ -252,7 +252,7 @@ def test_coordgate_broadcasts_one_coordinate_map_over_the_batch():
 
 def test_coordgate_one_dimensional():
     block = nn.Conv1d(2, 3, 5, padding=2)
-    cg = CoordGate(3, block=block, in_features=1, dims=1, layers=2)
+    cg = CoordGate(3, init="random", block=block, in_features=1, dims=1, layers=2)
     assert isinstance(cg.mix, nn.Conv1d)
     x = torch.randn(4, 2, 30)
     coords = (torch.arange(30.0) - 14.5)[None, None] / 15
@@ -263,14 +263,14 @@ def test_coordgate_one_dimensional():
 @pytest.mark.parametrize("training", [True, False])
 def test_coordgate_works_at_any_size(training):
     """One module, many sizes: nothing is fixed at construction (unlike the reference code's 256x256)."""
-    cg = CoordGate(4, block=nn.Conv2d(1, 4, 3, padding=1)).train(training)
+    cg = CoordGate(4, init="random", block=nn.Conv2d(1, 4, 3, padding=1)).train(training)
     for h, w in [(5, 7), (16, 16), (31, 9), (1, 1), (64, 3)]:
         coords = sensor_coordinates([(0, 0)], (h, w), (64, 64))
         assert cg(torch.randn(2, 1, h, w), coords).shape == (2, 4, h, w)
 
 
 def test_coordgate_rejects_mismatched_coordinates():
-    cg = CoordGate(4)
+    cg = CoordGate(4, init="random")
     x = torch.randn(1, 4, 5, 7)
     with pytest.raises(
         ValueError, match=r"coords: expected spatial shape \(5, 7\) \(that of the features\), got \(5, 8\)"
@@ -296,7 +296,7 @@ class CountCalls:
 
 @pytest.fixture
 def gate_setup():
-    cg = CoordGate(4, block=nn.Conv2d(1, 4, 3, padding=1), hidden=8).eval()
+    cg = CoordGate(4, init="random", block=nn.Conv2d(1, 4, 3, padding=1), hidden=8).eval()
     x = torch.randn(2, 1, 6, 5)
     coords = sensor_coordinates([(3, 1)], (6, 5), (32, 32))
     return cg, x, coords, CountCalls(cg.encoder)
@@ -374,7 +374,7 @@ def test_gate_cache_invalidated_by_train(gate_setup):
 
 def test_gate_cache_invalidated_by_load_state_dict(gate_setup):
     cg, x, coords, calls = gate_setup
-    other = CoordGate(4, block=nn.Conv2d(1, 4, 3, padding=1), hidden=8).eval()
+    other = CoordGate(4, init="random", block=nn.Conv2d(1, 4, 3, padding=1), hidden=8).eval()
     with torch.no_grad():
         before = cg(x, coords, cache_key="k")
         cg.load_state_dict(other.state_dict())
@@ -479,7 +479,7 @@ def locally_connected(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 def summing_coordgate(sensor_shape, table) -> CoordGate:
     """CoordGate(pixel basis, gate = table), whose 1x1 mix sums the nine gated channels (into every output)."""
-    cg = CoordGate(9, block=pixel_basis_block(), mix=True).double()
+    cg = CoordGate(9, init="random", block=pixel_basis_block(), mix=True).double()
     cg.encoder = TableEncoder(table, sensor_shape)
     with torch.no_grad():
         cg.mix.weight.fill_(1.0)
@@ -545,9 +545,17 @@ def test_appendix_with_a_monkeypatched_gate(monkeypatch):
     """The same equivalence through CoordGate.gate itself (the cached path's entry point), with mix off."""
     h, w = 6, 6
     gates = torch.randn(9, h, w, dtype=torch.float64)
-    cg = CoordGate(9, block=pixel_basis_block(), mix=False).double()
+    cg = CoordGate(9, init="random", block=pixel_basis_block(), mix=False).double()
     monkeypatch.setattr(cg, "gate", lambda coords, cache_key=None: gates[None])
     x = torch.randn(1, 1, h, w, dtype=torch.float64)
     out = cg(x, torch.zeros(1, 2, h, w, dtype=torch.float64)).sum(1, keepdim=True)
     kernels = gates.permute(1, 2, 0).reshape(h, w, 3, 3)
     torch.testing.assert_close(out, locally_connected(x, kernels), rtol=1e-12, atol=1e-12)
+
+
+def test_identity_init_starts_every_gate_at_one():
+    coords = sensor_coordinates([(3, 1)], (6, 5), (32, 32))
+    assert torch.equal(CoordinateEncoder(4)(coords), torch.ones(1, 4, 6, 5))
+    cg = CoordGate(4, mix=True)
+    x = torch.randn(1, 4, 6, 5)
+    torch.testing.assert_close(cg(x, coords), x)  # gate 1 and mix the identity: the layer starts as its block

@@ -36,7 +36,8 @@ def lively():
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build_model(ModelConfig(name="cg-unet", depth=3, width=8, sensor_shape=SENSOR, residual=False)).eval()
+        config = ModelConfig(name="cg-unet", depth=3, width=8, sensor_shape=SENSOR, residual=False, gate_init="random")
+        return build_model(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def _seed():
 
 
 def small_config(name, depth=2, **kw) -> ModelConfig:
-    base = {"width": 4, "sensor_shape": SENSOR, "gate_hidden": 8, "psf_count": 2, "psf_size": 5}
+    base = {"width": 4, "sensor_shape": SENSOR, "gate_hidden": 8, "psf_count": 2, "psf_size": 5, "gate_init": "random"}
     return ModelConfig(name=name, depth=depth, **{**base, **kw})
 
 
@@ -422,3 +422,13 @@ def test_multiwiener_without_psfs_starts_at_zero_until_loaded():
     blank.load_state_dict(trained.state_dict())
     x = torch.rand(1, 1, 12, 12)
     torch.testing.assert_close(blank.features(x, None), trained.features(x, None))
+
+
+def test_cg_unet_starts_as_its_unet_backbone():
+    """With identity-initialised gates (the default) a CG U-Net computes exactly its U-Net at initialisation."""
+    cg = make(small_config("cg-unet", 3, residual=False, gate_init="identity")).eval()
+    unet = make(small_config("unet", 3, residual=False))
+    unet.load_state_dict({k: v for k, v in cg.state_dict().items() if "gate" not in k})
+    x = torch.rand(2, 1, 24, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(cg(x, torch.tensor([[0, 0], [5, 9]])), unet.eval()(x))
