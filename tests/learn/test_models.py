@@ -165,8 +165,9 @@ def test_cg_unet_cached_inference_equals_uncached():
         moved = model(x, torch.tensor([[10, 6], [10, 6]]))  # new geometry: new gates
         assert calls.n == 3 * (2 * depth - 1)
     assert torch.equal(first, second)
-    torch.testing.assert_close(first, uncached.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(smaller, model(x[..., :30, :34], offsets).detach(), rtol=0, atol=0)
+    # inference mixes by a matrix product, training by a 1x1 convolution: the same sums in another order
+    torch.testing.assert_close(first, uncached.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(smaller, model(x[..., :30, :34], offsets).detach(), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(moved, first)
 
 
