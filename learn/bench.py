@@ -20,8 +20,8 @@ import torch
 
 from learn.config import TrainConfig
 from learn.data import H5Pairs
-from learn.metrics import RegionMetrics
-from learn.models import ModelConfig, build_model, count_parameters
+from learn.evaluate import evaluate
+from learn.models import ModelConfig, build_model
 
 __all__ = ["bench_accuracy", "bench_inference", "format_accuracy", "format_inference", "parse_model_spec"]
 
@@ -32,18 +32,6 @@ def parse_model_spec(spec: str) -> tuple[str, int]:
     if not sep or not depth.isdigit():
         raise ValueError(f"model: expected NAME:DEPTH such as cg-unet:3, got {spec!r}")
     return name, int(depth)
-
-
-@torch.no_grad()
-def evaluate_split(model, data, *, split: str = "test", device="cpu", batch: int = 16) -> dict:
-    """Model metrics on one split of a dataset, overall and per region (4x4)."""
-    ds = H5Pairs(data, split)
-    acc = RegionMetrics(model.config.sensor_shape, grid=(4, 4))
-    model.eval()
-    for b in torch.utils.data.DataLoader(ds, batch_size=batch):
-        pred = model(b["blurred"].to(device), b["offset"].to(device)).float().cpu()
-        acc.update(pred, b["sharp"], b["offset"])
-    return acc.result()
 
 
 def bench_accuracy(
@@ -68,7 +56,7 @@ def bench_accuracy(
     if per_epoch < 1:
         raise ValueError(f"{data}: {n_train} training samples, fewer than one batch of {batch}")
     epochs = math.ceil(steps / per_epoch)
-    rows = [_blurred_row(data)]
+    rows = []
     for name, depth in specs:
         config = TrainConfig(
             model=ModelConfig(name=name, depth=depth, width=width),
@@ -83,33 +71,20 @@ def bench_accuracy(
         run = Path(out) / f"{name}-{depth}"
         echo(f"training {name}({depth}) width {width}: {epochs} epochs x {per_epoch} steps of {batch}")
         summary = train(config, run, overwrite=True, progress=progress)
-        from learn.checkpoint import load_model
-
-        model, _, _ = load_model(run / "best.pt", device=device)
+        result = evaluate(run / "best.pt", data, split="test", baselines=["blurred"], device=device, progress=False)
+        if not rows:
+            blurred = result["methods"]["blurred"]
+            rows.append({"model": "blurred input", "parameters": 0, "steps": 0, "train_samples_per_s": None, **blurred})
         rows.append(
             {
                 "model": f"{name}({depth})",
-                "parameters": count_parameters(model),
+                "parameters": summary["parameters"],
                 "steps": summary["steps"],
                 "train_samples_per_s": summary["train_samples_per_s"],
-                **evaluate_split(model, data, device=device),
+                **result["methods"]["model"],
             }
         )
     return rows
-
-
-def _blurred_row(data) -> dict:
-    ds = H5Pairs(data, "test")
-    acc = RegionMetrics(read_sensor(data), grid=(4, 4))
-    for b in torch.utils.data.DataLoader(ds, batch_size=32):
-        acc.update(b["blurred"], b["sharp"], b["offset"])
-    return {"model": "blurred input", "parameters": 0, "steps": 0, "train_samples_per_s": None, **acc.result()}
-
-
-def read_sensor(data) -> tuple[int, int]:
-    from learn.data import read_data_info
-
-    return tuple(read_data_info(data).lens.sensor_shape)
 
 
 @torch.no_grad()

@@ -46,8 +46,8 @@ class DataInfo:
     splits: dict
 
 
-def read_data_info(path) -> DataInfo:
-    """Check that ``path`` is an optisim dataset with the arrays training needs, and describe it."""
+def _read_arrays(path) -> dict:
+    """Check that ``path`` is an optisim dataset with the arrays training needs; read its small arrays."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "No such dataset file", str(path))
@@ -58,13 +58,24 @@ def read_data_info(path) -> DataInfo:
             missing = [name for name in REQUIRED_ARRAYS if name not in f]
             if missing:
                 raise ValueError(f"{path}: the dataset lacks the arrays {', '.join(missing)} that training needs")
-            split, done = f["split"][:], f["done"][:].astype(bool)
-            fingerprint, size = str(f.attrs["fingerprint"]), int(f["sharp"].shape[-1])
+            return {
+                "split": f["split"][:],
+                "done": f["done"][:].astype(bool),
+                "offset": f["offset"][:].astype(np.int64),
+                "fingerprint": str(f.attrs["fingerprint"]),
+                "size": int(f["sharp"].shape[-1]),
+            }
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def read_data_info(path) -> DataInfo:
+    """Check that ``path`` is an optisim dataset with the arrays training needs, and describe it."""
+    arrays = _read_arrays(path)
     lens, model = read_forward_model(path)
+    split, done = arrays["split"], arrays["done"]
     splits = {name: int(((split == k) & done).sum()) for k, name in enumerate(SPLIT_NAMES)}
-    return DataInfo(str(path), lens, model, fingerprint, size, splits)
+    return DataInfo(str(path), lens, model, arrays["fingerprint"], arrays["size"], splits)
 
 
 class H5Pairs(Dataset):
@@ -73,13 +84,9 @@ class H5Pairs(Dataset):
     def __init__(self, path, split: str = "train"):
         if split not in SPLIT_NAMES:
             raise ValueError(f"split: expected one of {', '.join(SPLIT_NAMES)}, got {split!r}")
-        info = read_data_info(path)
-        self.path, self.split = Path(path), split
-        with h5py.File(self.path, "r") as f:
-            done = f["done"][:].astype(bool)
-            self.indices = np.flatnonzero((f["split"][:] == SPLIT_NAMES.index(split)) & done)
-            self.offsets = f["offset"][:].astype(np.int64)
-        self.size = info.size
+        arrays = _read_arrays(path)
+        self.path, self.split, self.size, self.offsets = Path(path), split, arrays["size"], arrays["offset"]
+        self.indices = np.flatnonzero((arrays["split"] == SPLIT_NAMES.index(split)) & arrays["done"])
         self._file, self._pid = None, None
 
     def __len__(self) -> int:
