@@ -52,6 +52,13 @@ class _Dist:
     rank: int
     world: int
     device: torch.device
+    owns_group: bool = False  # this run created the process group, so it also destroys it
+
+    def close(self) -> None:
+        """Destroy the process group this run created: a gloo group left to interpreter exit can abort the process
+        ("terminate called without an active exception")."""
+        if self.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -77,9 +84,10 @@ def _distributed(device: str) -> _Dist:
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    if not torch.distributed.is_initialized():
+    owns = not torch.distributed.is_initialized()
+    if owns:
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return _Dist(torch.distributed.get_rank(), world, dev)
+    return _Dist(torch.distributed.get_rank(), world, dev, owns)
 
 
 class _Data:
@@ -376,6 +384,13 @@ def train(config: TrainConfig, out, *, resume: bool = False, overwrite: bool = F
     metrics, training samples per second, parameters, seconds.
     """
     dist = _distributed(config.device)
+    try:
+        return _train(config, dist, out, resume=resume, overwrite=overwrite, progress=progress, echo=echo)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: _Dist, out, *, resume, overwrite, progress, echo) -> dict:
     if config.amp == "fp16" and dist.device.type != "cuda":
         raise ValueError("amp: fp16 needs a CUDA device; use --amp bf16 on the CPU")
     echo = echo if echo is not None and dist.main else (lambda message: None)
