@@ -15,9 +15,14 @@ AMP = ("none", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """On-the-fly training data: the lens, the image source and the forward model (as ``optisim dataset``)."""
+    """On-the-fly training data: the lens, the image source and the forward model (as ``optisim dataset``).
 
-    lens: str
+    ``lens`` (a lens file or preset) or ``psf_model`` (an empirical PSF model file, :mod:`optisim.psfmodel`, whose
+    eigen-PSFs replace the lens's computed ones; ``kernel_size``, ``grid``, ``rank`` and ``tol`` then do not apply).
+    """
+
+    lens: str | None = None
+    psf_model: str | None = None
     source: str = "synthetic"
     channel: int | None = None
     size: int = 128
@@ -30,6 +35,8 @@ class SimulateConfig:
     val_samples: int = 64
 
     def __post_init__(self):
+        if (self.lens is None) == (self.psf_model is None):
+            raise ValueError("simulated data: give a lens file or a PSF model file, not both and not neither")
         for key in ("size", "steps_per_epoch", "val_samples"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -41,7 +48,11 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. ``data`` (an HDF5 dataset) or ``simulate``, not both. ``batch_size`` is the global batch."""
+    """A training run. ``data`` (an HDF5 dataset) or ``simulate``, not both. ``batch_size`` is the global batch.
+
+    ``init``: a checkpoint of the same architecture whose weights start the run (fine-tuning); None starts from
+    the seeded initialisation.
+    """
 
     model: ModelConfig
     data: str | None = None
@@ -59,6 +70,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     tensorboard: bool = False
+    init: str | None = None
 
     def __post_init__(self):
         if (self.data is None) == (self.simulate is None):

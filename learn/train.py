@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -116,9 +117,16 @@ class _Data:
     def _simulated(self, sim: SimulateConfig):
         from optisim.lens import load_lens
         from optisim.noise import CameraNoise
+        from optisim.psfmodel import read_psf_model
         from optisim.samples import SampleGenerator, make_source
 
-        self.lens = load_lens(sim.lens)
+        model, extra = None, {}
+        if sim.psf_model is not None:
+            self.lens, model = read_psf_model(sim.psf_model)
+            digest = hashlib.sha256(model.kernels.tobytes() + model.coefficients.tobytes()).hexdigest()[:16]
+            extra = {"psf_model_sha256": digest}
+        else:
+            self.lens = load_lens(sim.lens)
         noise = None if sim.noise is None else CameraNoise.from_dict(sim.noise)
         self.generator = SampleGenerator(
             self.lens,
@@ -130,9 +138,10 @@ class _Data:
             grid=sim.grid,
             rank=sim.rank,
             tol=sim.tol,
+            model=model,
         )
         self.forward_model = self.generator.model
-        self.record = {"kind": "simulate", **sim.to_dict(), "lens_toml": self.lens.to_toml()}
+        self.record = {"kind": "simulate", **sim.to_dict(), **extra, "lens_toml": self.lens.to_toml()}
         self.steps = sim.steps_per_epoch
         self.val_set = SimulatedPairs(
             self.generator,
@@ -214,12 +223,20 @@ class _Run:
             torch.manual_seed(config.seed)
             psfs = torch.from_numpy(data.psfs(mc.psf_count)) if mc.name == "multiwiener" else None
             self.model = build_model(mc, psfs=psfs).to(dist.device)
+        if config.init is not None:
+            self._initialise(config.init)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=0.5, patience=config.patience
         )
         self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None  # train() checked: CUDA
         self.epoch, self.step, self.history, self.best, self.stopped_early = 0, 0, [], None, False
+
+    def _initialise(self, path) -> None:
+        """Start from the weights of the checkpoint ``path`` (same architecture; the sensor may differ)."""
+        ckpt = load_checkpoint(path, map_location=self.dist.device)
+        check_same_architecture(ModelConfig.from_dict(ckpt["model_config"]), self.model_config, path)
+        load_weights(self.model, ckpt["model"], path)
 
     def state(self) -> dict:
         rng = {"torch": torch.get_rng_state()}

@@ -108,6 +108,12 @@ def model_config(o: dict):
     default=None,
     help="Train on samples simulated on the fly from this lens file or preset (instead of DATA).",
 )
+@click.option(
+    "--psf-model",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Train on samples simulated on the fly with this empirical PSF model file (from `optisim calibrate`).",
+)
 @click.option("--source", default="synthetic", show_default=True, help="--simulate: 'synthetic' or an image folder.")
 @click.option("--channel", type=click.IntRange(0, None), default=None, help="--simulate: channel of the images.")
 @click.option("--size", type=click.IntRange(1, None), default=128, show_default=True, help="--simulate: crop side.")
@@ -164,6 +170,13 @@ def model_config(o: dict):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms only.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to OUTPUT/tensorboard.")
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Start from this checkpoint's weights (fine-tuning; same architecture).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUTPUT from its last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUTPUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -171,6 +184,7 @@ def train(
     data,
     output,
     simulate_lens,
+    psf_model,
     source,
     channel,
     size,
@@ -194,6 +208,7 @@ def train(
     compile_,
     deterministic,
     tensorboard,
+    init,
     resume,
     overwrite,
     quiet,
@@ -208,9 +223,12 @@ def train(
     from learn.train import train as run_training
 
     simulate = None
-    if simulate_lens is not None:
+    if simulate_lens is not None and psf_model is not None:
+        raise click.UsageError("give --simulate LENS or --psf-model FILE, not both")
+    if simulate_lens is not None or psf_model is not None:
         simulate = SimulateConfig(
             lens=simulate_lens,
+            psf_model=None if psf_model is None else str(psf_model),
             source=source,
             channel=channel,
             size=size,
@@ -239,6 +257,7 @@ def train(
         compile=compile_,
         deterministic=deterministic,
         tensorboard=tensorboard,
+        init=None if init is None else str(init),
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

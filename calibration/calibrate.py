@@ -1,0 +1,256 @@
+"""``optisim calibrate``: bead files in, a calibrated lens (or PSF model), a network and a report out.
+
+Outputs in the folder ``out`` (formats in ``data/FORMATS.md``):
+
+* ``lens.toml`` (parametric model) or ``psf_model.nc`` (empirical model): the calibrated forward model, which
+  ``optisim simulate``, ``dataset`` and ``train`` accept (``--psf-model`` for the latter);
+* ``model.pt``: the calibrated network (with ``training/``, its run folder), unless the network is switched off;
+* ``beads.csv``: every detected candidate, kept or rejected with the reason, and each fitted bead's numbers;
+* ``calibration.json``: every number (settings, optics, detections, per-bead fits, field model, validation, times);
+* ``report.html`` with its PNG figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.io import read_bead_files
+from calibration.network import NetworkConfig, train_network, width_validation
+from calibration.optics import Optics, nominal_lens
+from calibration.pipeline import BeadModelFit, ModelConfig, fit_model
+from optisim.zernike import mode_name, nm_to_noll
+
+__all__ = ["CalibrateConfig", "calibrate"]
+
+FORMAT_NAME = "optisim-calibration"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """A whole calibration: the instrument's optics, the model settings and the network settings."""
+
+    optics: Optics = field(default_factory=Optics)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    dataset: str | None = None
+    channel: int | None = None
+
+
+def _stage(echo, k: int, total: int, text: str) -> None:
+    echo(f"[{k}/{total}] {text}")
+
+
+def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwrite=False, progress=True, echo=print):
+    """Run the calibration (module docstring) and return the summary dict that ``calibration.json`` holds."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} is not empty; use --overwrite to replace its calibration or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    total = 5 if config.network.enabled else 3
+    t0 = time.perf_counter()
+    _stage(echo, 1, total, "reading the bead images")
+    o = config.optics
+    stacks = read_bead_files(
+        paths, dataset=config.dataset, channel=config.channel, pixel_um=o.pixel_um, z_step_um=o.z_step_um
+    )
+    lens = nominal_lens(o, stacks[0].shape, file_pixel_um=stacks[0].pixel_um, source=stacks[0].path.name)
+    echo(f"  {len(stacks)} image(s) of {stacks[0].data.shape} pixels; {lens.pixel_um:g} µm pixels, NA {lens.na:g}")
+    _stage(echo, 2, total, "detecting and fitting the beads, fitting the field model")
+    model_config = ModelConfig(**{**config.model.__dict__, "prior": config.model.prior or o.lens})
+    result = fit_model(stacks, lens, model_config, z_step_um=stacks[0].z_step_um, echo=echo)
+    forward = _write_forward_model(result, out)
+    echo(f"  {result.kind} model written to {forward}")
+    result.seconds["model_total"] = time.perf_counter() - t0
+    network = {}
+    if config.network.enabled:
+        _stage(echo, 3, total, f"training the network on data simulated with {forward.name}")
+        t = time.perf_counter()
+        model_path, summary = train_network(forward, result.kind, config.network, out, progress=progress, echo=echo)
+        result.seconds["network_training"] = time.perf_counter() - t
+        _stage(echo, 4, total, "validating on the beads: width before and after deblurring")
+        network = {"checkpoint": model_path.name, "training": summary}
+        network["bead_width"] = _validate(result, stacks, model_path, config.network.device)
+        w = network["bead_width"]
+        echo(
+            f"  median bead FWHM {w['median_before']:.2f} -> {w['median_after']:.2f} px, "
+            f"spread (IQR) {w['iqr_before']:.2f} -> {w['iqr_after']:.2f} px"
+        )
+    _stage(echo, total, total, "writing calibration.json, beads.csv and report.html")
+    summary = _summary(result, config, stacks, forward, network)
+    summary["seconds"] = {k: round(v, 3) for k, v in result.seconds.items()}
+    (out / "calibration.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    _write_beads_csv(out / "beads.csv", result)
+    from calibration.outputs import report_data
+    from calibration.report import write_report
+
+    write_report(out, report_data(result, stacks, summary, network))
+    return summary
+
+
+def _write_forward_model(result: BeadModelFit, out: Path) -> Path:
+    if result.kind == "parametric":
+        return result.lens.save(out / "lens.toml")
+    from optisim.psfmodel import write_psf_model
+
+    provenance = {"beads": int((~result.holdout).sum()), "source": "optisim calibrate"}
+    return write_psf_model(
+        out / "psf_model.nc", result.psf_model, result.nominal, description="empirical model from beads",
+        provenance=provenance,
+    )  # fmt: skip
+
+
+def _validate(result: BeadModelFit, stacks, model_path: Path, device: str) -> dict:
+    """Bead widths before/after on the held-out beads (all fitted beads when none are held out)."""
+    from optisim.cli._options import resolve_device
+
+    fits = result.fits
+    use = result.holdout if result.holdout.any() else np.ones(len(fits), dtype=bool)
+    planes, backgrounds, beads = [], [], []
+    for i, (stack, det) in enumerate(zip(stacks, result.detections, strict=True)):
+        sel = use & (result.frames == i)
+        plane = _best_plane(stack, fits.z_um[sel] if fits.z_um is not None else None)
+        planes.append(stack.data[plane])
+        backgrounds.append(det.background)
+        peaks = [b.peak for b in det.kept]
+        beads.append((fits.rows[sel], fits.cols[sel], np.asarray(peaks)))
+    window = result.fits.data.shape[-1]
+    return width_validation(model_path, planes, backgrounds, beads, window=window, device=resolve_device(device))
+
+
+def _best_plane(stack, z_um) -> int:
+    """The plane nearest the beads' median focus (0 for a 2D image)."""
+    if stack.data.shape[0] == 1 or z_um is None or not len(z_um):
+        return 0
+    centre = (stack.data.shape[0] - 1) / 2
+    return int(np.clip(round(centre + float(np.median(z_um)) / stack.z_step_um), 0, stack.data.shape[0] - 1))
+
+
+def _fits_table(result: BeadModelFit) -> list[dict]:
+    fits = result.fits
+    rows = []
+    for i in range(len(fits)):
+        row = {
+            "fit": i,
+            "frame": int(result.frames[i]),
+            "row": float(fits.rows[i]),
+            "col": float(fits.cols[i]),
+            "holdout": bool(result.holdout[i]),
+            "flipped": bool(result.flipped[i]),
+            "correlation": float(fits.correlation[i]),
+            "residual": float(fits.residual[i]),
+            "amplitude": float(fits.amplitude[i]),
+            "background": float(fits.background[i]),
+            "na": float(fits.na[i]),
+            "z_um": None if fits.z_um is None else float(fits.z_um[i]),
+        }
+        for j, nm in enumerate(fits.modes):
+            row[f"Z{nm_to_noll(*nm)}_waves"] = float(fits.coefficients[i, j])
+            row[f"Z{nm_to_noll(*nm)}_sigma"] = float(fits.uncertainty[i, j])
+        rows.append(row)
+    return rows
+
+
+def _summary(result: BeadModelFit, config: CalibrateConfig, stacks, forward: Path, network: dict) -> dict:
+    fits = result.fits
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "inputs": [{"path": str(s.path), "shape": list(s.data.shape), "metadata": s.metadata} for s in stacks],
+        "settings": {
+            "optics": config.optics.__dict__,
+            "model": config.model.to_dict(),
+            "network": config.network.to_dict(),
+        },
+        "optics": {
+            "pixel_um": result.nominal.pixel_um,
+            "z_step_um": stacks[0].z_step_um,
+            "wavelength_um": result.nominal.reference_wavelength_um,
+            "na": result.nominal.na,
+            "immersion_index": result.nominal.immersion_index,
+            "fitted_na_median": float(np.median(fits.na)),
+        },
+        "zernike": {
+            "convention": "noll",
+            "normalisation": "rms",
+            "unit": "waves_rms",
+            "modes": [{"noll": nm_to_noll(*nm), "name": mode_name(*nm)} for nm in fits.modes],
+        },
+        "detection": [
+            {
+                "frame": d.beads[0].frame if d.beads else i,
+                "summary": d.summary(),
+                "noise_sigma": d.noise_sigma,
+                "sigma_px": d.sigma_px,
+                "window": d.window,
+                "threshold": d.threshold,
+            }
+            for i, d in enumerate(result.detections)
+        ],
+        "bead_width": result.validation.get("bead_width"),
+        "fits": {
+            "beads": len(fits),
+            "correlation_median": float(np.median(fits.correlation)),
+            "sign_flipped_beads": int(result.flipped.sum()),
+            "table": _fits_table(result),
+        },
+        "model": _model_summary(result, forward),
+        "validation": {k: v for k, v in result.validation.items() if k != "bead_width"},
+        "network": network,
+    }
+
+
+def _model_summary(result: BeadModelFit, forward: Path) -> dict:
+    out = {"kind": result.kind, "file": forward.name}
+    if result.field_fit is not None:
+        out["field"] = result.field_fit.to_dict()
+    if result.psf_model is not None:
+        m = result.psf_model
+        out["empirical"] = {"rank": m.rank, "relative_error": m.relative_error, "kernel_size": m.kernels.shape[-1]}
+    return out
+
+
+def _write_beads_csv(path: Path, result: BeadModelFit) -> None:
+    """Every candidate (detection columns), joined with its fit where it was fitted (fit columns, else empty)."""
+    fitted = {}
+    table = _fits_table(result)
+    k = 0
+    for det in result.detections:
+        for b in det.kept:
+            fitted[(b.frame, b.index)] = table[k]
+            k += 1
+    rows = []
+    for det in result.detections:
+        for b in det.beads:
+            row = {f"detect_{key}": value for key, value in b.to_dict().items()}
+            row.update(fitted.get((b.frame, b.index), {}))
+            rows.append(row)
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _jsonable(value):
+    """numpy scalars and arrays to plain JSON values; NaN and infinities to None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

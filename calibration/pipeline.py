@@ -1,0 +1,260 @@
+"""The calibration pipeline: bead files -> detections -> per-bead fits -> field model (-> network, validation).
+
+Stages (each reports its progress and its time):
+
+1. read the bead files (:mod:`calibration.io`) and set up the nominal optics (:mod:`calibration.optics`);
+2. detect the beads and cut their crops (:mod:`calibration.detect`); the fit window grows with the widest beads;
+3. fit every bead (:mod:`calibration.fit`); in 2D, resolve the sign of even aberrations across the field;
+4. fit the field model: parametric (:mod:`calibration.field`, a calibrated lens file) or empirical (eigen-PSFs
+   with smooth weight maps, :mod:`optisim.psfmodel`); ``auto`` takes the empirical model when the Zernike fits
+   describe the beads poorly (median correlation below ``auto_threshold``);
+5. check the model on beads held out from the field fit (their measured PSFs against the model's prediction).
+
+Network calibration and the bead-width validation are in :mod:`calibration.network`; :func:`calibration.run`
+ties everything together and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from calibration.detect import DetectConfig, Detection, bead_fwhm, check_detection, detect_beads, extract_crops
+from calibration.field import FieldFit, fit_field, monomials, resolve_signs
+from calibration.fit import BeadFits, FitConfig, fit_beads
+from calibration.io import BeadStack
+from calibration.optics import check_bead_width
+from optisim.field import pixel_to_field
+from optisim.lens import Lens, load_lens
+
+__all__ = ["FIELD_MODELS", "BeadModelFit", "ModelConfig", "detect_all", "fit_model"]
+
+FIELD_MODELS = ("auto", "parametric", "empirical")
+MAX_WINDOW = 63
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Detection, fit and field-model settings of a calibration (see the stages in the module docstring)."""
+
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    field_model: str = "auto"
+    field_degree: int = 2
+    holdout: float = 0.2
+    auto_threshold: float = 0.9
+    empirical_grid: tuple[int, int] = (9, 9)
+    seed: int = 0
+    prior: str | None = None  # a design lens file or preset: the sign of even aberrations in 2D follows it
+
+    def __post_init__(self):
+        if self.field_model not in FIELD_MODELS:
+            raise ValueError(f"field_model: expected one of {FIELD_MODELS}, got {self.field_model!r}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
+        monomials(self.field_degree)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fit"] = self.fit.to_dict()
+        return d
+
+
+@dataclass
+class BeadModelFit:
+    """Everything the model stages produced (the outputs and the report read it)."""
+
+    lens: Lens  # nominal optics, or the calibrated lens for a parametric model
+    nominal: Lens
+    detections: list  # one Detection per input image
+    fits: BeadFits
+    frames: np.ndarray  # (N,) input image of each fitted bead
+    holdout: np.ndarray  # (N,) bool
+    flipped: np.ndarray  # (N,) bool, beads whose even modes were flipped (2D sign resolution)
+    kind: str  # 'parametric' or 'empirical'
+    field_fit: FieldFit | None = None
+    psf_model: object | None = None  # optisim EigenPSFs for the empirical model
+    empirical_psfs: np.ndarray | None = None  # (N, w, w) the measured, centred, normalised bead PSFs
+    validation: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def _sigma_px(lens: Lens, modality: str) -> float:
+    """Gaussian sigma of the in-focus PSF in pixels (``0.21 λ / NA``; a closed-pinhole confocal ``/ sqrt 2``)."""
+    sigma = 0.21 * lens.reference_wavelength_um / lens.na / lens.pixel_um
+    return sigma / math.sqrt(2) if modality == "confocal" else sigma
+
+
+def _projection(stack: BeadStack) -> np.ndarray:
+    return stack.data.max(axis=0)
+
+
+def detect_all(stacks, lens: Lens, config: ModelConfig, *, echo=print) -> tuple[list[Detection], int, dict]:
+    """Detect beads in every image; grow the window to hold the widest beads (then detect again).
+
+    Returns the detections, the crop window and a dict with the bead widths (``fwhm_px``, median FWHM over
+    the kept beads) and the ratio of the median width to the diffraction limit.
+    """
+    cfg = config.detect
+    sigma = cfg.sigma_px or _sigma_px(lens, config.fit.modality)
+    detections = _detect(stacks, cfg, sigma, cfg.window)
+    window = detections[0].window
+    widths = np.concatenate(
+        [bead_fwhm(_projection(s), d.kept, window=d.window, background=d.background)[:, 0] for s, d in
+         zip(stacks, detections, strict=True) if d.kept] or [np.zeros(0)]
+    )  # fmt: skip
+    finite = widths[np.isfinite(widths)]
+    if cfg.window is None and len(finite):
+        want = int(np.clip(math.ceil(3.0 * np.percentile(finite, 90)), window, MAX_WINDOW)) | 1
+        if want > window:
+            echo(f"  beads up to {np.percentile(finite, 90):.1f} px wide: detecting again with a {want} px window")
+            detections, window = _detect(stacks, cfg, sigma, want), want
+    ratio = check_bead_width(finite, lens, config.fit.modality) if len(finite) else float("nan")
+    info = {"fwhm_px_median": float(np.median(finite)) if len(finite) else None, "diffraction_ratio": ratio}
+    return detections, window, info
+
+
+def _detect(stacks, cfg: DetectConfig, sigma: float, window) -> list[Detection]:
+    detections, errors = [], []
+    for i, stack in enumerate(stacks):
+        saturation = cfg.saturation if cfg.saturation is not None else stack.saturation
+        c = DetectConfig(**{**asdict(cfg), "sigma_px": sigma, "window": window, "saturation": saturation})
+        det = detect_beads(stack.data, c, frame=i)
+        try:
+            check_detection(det)
+        except ValueError as err:
+            errors.append(f"{stack.path.name}: {err}")
+        detections.append(det)
+    if len(errors) == len(stacks):
+        raise ValueError(errors[0] if len(errors) == 1 else "; ".join(errors))
+    return detections
+
+
+def _crops(stacks, detections, window):
+    crops, centres, positions, z0, frames = [], [], [], [], []
+    for stack, det in zip(stacks, detections, strict=True):
+        if not det.kept:
+            continue
+        c, origins = extract_crops(stack.data, det.kept, window)
+        crops.append(c)
+        centres.append(origins + window // 2)
+        positions.append([(b.y, b.x) for b in det.kept])
+        z0.append([b.z if b.z is not None else 0.0 for b in det.kept])
+        frames.append([b.frame for b in det.kept])
+    cat = np.concatenate
+    return cat(crops), cat(centres), np.array(cat(positions), float), np.array(cat(z0), float), cat(frames)
+
+
+def _holdout(n: int, config: ModelConfig) -> np.ndarray:
+    """(n,) bool: beads held out of the field fit, drawn with the seed; none when too few beads remain."""
+    k = math.floor(config.holdout * n)
+    if n - k < 2 * len(monomials(config.field_degree)):
+        k = 0
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(config.seed).choice(n, size=k, replace=False)] = True
+    return mask
+
+
+def fit_model(stacks, lens: Lens, config: ModelConfig, *, z_step_um=None, echo=print) -> BeadModelFit:
+    """Stages 2 to 5 of the module docstring on already-read images with their nominal lens."""
+    seconds = {}
+    t = time.perf_counter()
+    detections, window, widths = detect_all(stacks, lens, config, echo=echo)
+    crops, centres, positions, z_planes, frames = _crops(stacks, detections, window)
+    seconds["detect"] = time.perf_counter() - t
+    n = len(crops)
+    echo(f"  {sum(len(d.beads) for d in detections)} candidates, {n} beads kept, {window} px window")
+    n_planes = crops.shape[1]
+    planes_um = z_init = None
+    if n_planes > 1:
+        if z_step_um is None:
+            raise ValueError(f"a z-stack of {n_planes} planes needs its z-step; pass --z-step (µm)")
+        planes_um = (np.arange(n_planes) - (n_planes - 1) / 2) * z_step_um
+        z_init = (z_planes - (n_planes - 1) / 2) * z_step_um
+    t = time.perf_counter()
+    fits = fit_beads(crops, centres, positions, lens, config=config.fit, planes_um=planes_um, z_init_um=z_init)
+    seconds["fit"] = time.perf_counter() - t
+    echo(f"  fitted {n} beads in {seconds['fit']:.1f} s: median correlation {np.median(fits.correlation):.4f}")
+    flipped = np.zeros(n, dtype=bool)
+    prior = load_lens(config.prior) if config.prior is not None else None
+    if planes_um is None and n >= 2 * len(monomials(config.field_degree)):
+        fits, flipped = resolve_signs(fits, lens.sensor_shape, degree=config.field_degree, prior=prior)
+    holdout = _holdout(n, config)
+    kind = config.field_model
+    if kind == "auto":
+        kind = "parametric" if np.median(fits.correlation) >= config.auto_threshold else "empirical"
+    result = BeadModelFit(
+        lens=lens, nominal=lens, detections=detections, fits=fits, frames=frames, holdout=holdout,
+        flipped=flipped, kind=kind, seconds=seconds,
+    )  # fmt: skip
+    result.validation["bead_width"] = widths
+    t = time.perf_counter()
+    if kind == "parametric":
+        _parametric(result, config)
+    else:
+        _empirical(result, config)
+    seconds["field"] = time.perf_counter() - t
+    return result
+
+
+def _parametric(result: BeadModelFit, config: ModelConfig) -> None:
+    fits, keep = result.fits, ~result.holdout
+    n_terms = len(monomials(config.field_degree))
+    if keep.sum() < n_terms:
+        raise ValueError(
+            f"a degree-{config.field_degree} field model has {n_terms} terms per mode but only {int(keep.sum())} "
+            f"beads are usable; lower --field-degree or image more beads"
+        )
+    result.field_fit = fit_field(fits.subset(keep), result.lens.sensor_shape, degree=config.field_degree)
+    result.lens = result.field_fit.lens(result.nominal)
+    if result.holdout.any():
+        held = fits.subset(result.holdout)
+        hx, hy = pixel_to_field(held.rows, held.cols, result.lens.sensor_shape)
+        predicted = result.field_fit.predict(hx, hy)
+        result.validation["holdout"] = {
+            "beads": int(result.holdout.sum()),
+            "wavefront_difference_waves_rms": _stats(held.rms_error(predicted)),
+            "bead_fit_correlation": _stats(held.correlation),
+        }
+
+
+def _empirical(result: BeadModelFit, config: ModelConfig) -> None:
+    from optisim.psfmodel import eigen_psfs_from_samples
+
+    fits, keep = result.fits, ~result.holdout
+    psfs = centred_psfs(fits)
+    hx, hy = pixel_to_field(fits.rows, fits.cols, result.lens.sensor_shape)
+    model = eigen_psfs_from_samples(
+        psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, grid=config.empirical_grid
+    )
+    result.psf_model, result.empirical_psfs = model, psfs
+    if result.holdout.any():
+        predicted = model.psfs_at(hx[result.holdout], hy[result.holdout])
+        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(psfs[result.holdout], predicted, strict=True)]
+        result.validation["holdout"] = {"beads": int(result.holdout.sum()), "psf_correlation": _stats(np.array(corr))}
+
+
+def centred_psfs(fits: BeadFits) -> np.ndarray:
+    """(N, w, w) measured PSFs: each bead's best plane, background removed, shifted so the bead sits at the
+    window's centre pixel (Fourier shift), clipped at 0 and normalised to sum 1."""
+    from scipy.ndimage import fourier_shift
+
+    w = fits.data.shape[-1]
+    out = np.empty((len(fits), w, w))
+    for i in range(len(fits)):
+        plane = fits.data[i, int(np.argmax(fits.data[i].reshape(fits.data.shape[1], -1).max(1)))] - fits.background[i]
+        dy, dx = fits.rows[i] - fits.centres[i, 0], fits.cols[i] - fits.centres[i, 1]
+        shifted = np.fft.ifft2(fourier_shift(np.fft.fft2(plane), (-dy, -dx))).real.clip(min=0)
+        out[i] = shifted / max(shifted.sum(), 1e-300)
+    return out
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"median": None, "min": None, "max": None}
+    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
