@@ -4,7 +4,8 @@ noise and forward-blurred datasets.
 Conventions are defined once, in the module that owns them: Zernike indices and normalisation in
 :mod:`optisim.zernike`, sensor/field coordinates in :mod:`optisim.field`, pupil sampling in :mod:`optisim.pupil`,
 PSF sampling and normalisation in :mod:`optisim.psf`, which way round the blur works and its border in
-:mod:`optisim.blur`, the camera model in :mod:`optisim.noise`, the dataset schema in :mod:`optisim.dataset`.
+:mod:`optisim.blur`, the camera model in :mod:`optisim.noise`, the dataset schema in :mod:`optisim.dataset`,
+the empirical PSF model file in :mod:`optisim.psfmodel`.
 Names below are imported lazily, so ``import optisim`` (and the ``optisim`` command line) stays fast.
 """
 
@@ -25,6 +26,7 @@ _LAZY = {
     "apply_noise": "optisim.noise",
     "blur_operator": "optisim.lowrank",
     "dataset_info": "optisim.dataset",
+    "eigen_psfs_from_samples": "optisim.psfmodel",
     "exact_blur": "optisim.blur",
     "fluorescence_scene": "optisim.scenes",
     "make_source": "optisim.samples",
@@ -46,8 +48,10 @@ _LAZY = {
     "plot_psf_grid": "optisim.plotting",
     "poppy_psfs": "optisim.poppy_backend",
     "psf_grid": "optisim.grid",
+    "read_psf_model": "optisim.psfmodel",
     "strehl_ratio": "optisim.psf",
     "write_psf_grid": "optisim.grid",
+    "write_psf_model": "optisim.psfmodel",
     "write_tiff": "optisim.io",
     "zernike_nm": "optisim.zernike",
 }

@@ -11,18 +11,22 @@ dataset                  shape, type              meaning
 ``/split``               (N,) uint8               0 train, 1 val, 2 test (``flag_values``/``flag_meanings``)
 ``/done``                (N,) uint8               1 once the sample's arrays are completely written
 ``/sample``, ``/y``, ``/x``, ``/axis``            dimension scales (sample index, pixel index in the crop)
-``/psf_grid/psf``        (Gy, Gx, k, k) float32   the lens's PSF grid behind the blur, each PSF sums to 1
-``/psf_grid/zernike``    (Gy, Gx, J) float64      Zernike coefficients at the grid points, waves RMS (attrs)
+``/psf_grid/psf``        (Gy, Gx, k, k) float32   the lens's PSF grid behind the blur, each PSF sums to 1 (*)
+``/psf_grid/zernike``    (Gy, Gx, J) float64      Zernike coefficients at the grid points, waves RMS (attrs) (*)
 ``/psf_grid/field_y|x``  (Gy,), (Gx,) float64     normalised field coordinates of the grid (optisim.field)
 ``/lowrank/kernels``     (K, k, k) float32        eigen-PSFs (unit L2 norm, chief ray at k // 2)
 ``/lowrank/coefficients`` (Gy, Gx, K) float64     their coefficients at the grid points (bicubic weight maps)
 ``/lowrank/singular_values`` (G,) float64         all singular values of the PSF grid
 =======================  =======================  ===========================================================
 
+(*) only when the forward model is a lens (``forward_model = "lens"``); an empirical PSF model
+(``forward_model = "psf-model"``, :mod:`optisim.psfmodel`) has no PSF grid, only its field grid and ``/lowrank``.
+
 Root attributes: ``schema_name``, ``schema_version``, ``optisim_version``, ``lens_toml`` (the lens file's text),
+``forward_model``, ``psf_model`` (JSON: the PSF model's digest, description and provenance, or ``null``),
 ``config`` (JSON: n, size, seed, splits, noise, kernel size, grid, rank, tol), ``noise`` (JSON or ``null``),
-``seed``, ``source`` (JSON description of the image source), ``fingerprint`` (SHA-256 of the configuration) and
-``complete`` (1 when every sample is done). No timestamps: the same command writes the same arrays.
+``seed``, ``source`` (JSON description of the image source), ``fingerprint`` (SHA-256 of the configuration and of
+the PSF model) and ``complete`` (1 when every sample is done). No timestamps: the same command writes the same arrays.
 
 Samples are chunked one per chunk and gzip-compressed (level 1; byte shuffling first, except for noisy ``blurred``
 data, which compresses better without it): any HDF5 reader opens the file (``h5py.File``); :func:`open_dataset`
@@ -53,6 +57,7 @@ from optisim._version import __version__
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_for
 from optisim.noise import CameraNoise
+from optisim.psfmodel import model_digest, read_model_groups, write_model_groups
 from optisim.samples import SampleGenerator, check_size
 
 __all__ = [
@@ -128,15 +133,18 @@ def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _record(lens: Lens, source_info: dict, config: DatasetConfig) -> dict:
+def _record(lens: Lens, source_info: dict, config: DatasetConfig, model: EigenPSFs | None) -> dict:
     described = {k: v for k, v in source_info.items() if k != "path"}  # moved images are the same dataset
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "optisim_version": __version__,
         "lens": lens.to_toml(),
         "config": config.to_dict(),
         "source": described,
     }
+    if model is not None:  # lens datasets keep the fingerprints they had before PSF models existed
+        record["psf_model"] = model_digest(model)
+    return record
 
 
 def _describe_difference(old: dict, new: dict) -> str:
@@ -147,13 +155,16 @@ def _describe_difference(old: dict, new: dict) -> str:
                 parts.append(_describe_difference(old[key], new[key]))
             elif key == "lens":
                 parts.append("lens: different lens file")
+            elif key == "psf_model":
+                kinds = [f"PSF model {v[:12]}" if v else "lens" for v in (old.get(key), new.get(key))]
+                parts.append(f"forward model: {kinds[0]} -> {kinds[1]}")
             else:
                 parts.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return "; ".join(p for p in parts if p)
 
 
-def _create(path: Path, gen: SampleGenerator, grid_ds, config: DatasetConfig, record: dict, source_info: dict):
-    """Write a new, empty dataset file atomically (a temporary name, then a rename)."""
+def _create(path: Path, gen: SampleGenerator, grid_ds, config: DatasetConfig, record, source_info, model_info):
+    """Write a new, empty dataset file atomically (a temporary name, then a rename); ``grid_ds`` None: PSF model."""
     n, s = config.n, config.size
     tmp = path.with_name(path.name + ".creating")
     offsets = np.asarray([gen.offset(i) for i in range(n)], dtype=np.int32).reshape(n, 2)
@@ -183,12 +194,16 @@ def _create(path: Path, gen: SampleGenerator, grid_ds, config: DatasetConfig, re
         d = f.create_dataset("done", shape=(n,), dtype="u1", fillvalue=0)
         d.attrs["long_name"] = "1 when the sample's sharp and blurred arrays are completely written"
         d.dims[0].attach_scale(f["sample"])
-        _write_model(f, grid_ds, gen.model)
+        write_model_groups(f, gen.model, grid_ds, compression=_COMPRESSION)
         f.attrs.update(
             schema_name=SCHEMA_NAME,
             schema_version=SCHEMA_VERSION,
             optisim_version=__version__,
             lens_toml=record["lens"],
+            forward_model="lens" if grid_ds is not None else "psf-model",
+            psf_model=json.dumps(
+                None if grid_ds is not None else {**(model_info or {}), "digest": record["psf_model"]}
+            ),
             config=json.dumps(record["config"]),
             noise=json.dumps(record["config"]["noise"]),
             seed=config.seed,
@@ -199,29 +214,14 @@ def _create(path: Path, gen: SampleGenerator, grid_ds, config: DatasetConfig, re
     os.replace(tmp, path)
 
 
-def _write_model(f: h5py.File, grid_ds, model: EigenPSFs) -> None:
-    g = f.create_group("psf_grid")
-    g.attrs.update(description="PSF grid of the lens (optisim-psf-grid layout), each PSF sums to 1 over (y, x)")
-    g.create_dataset("psf", data=grid_ds["psf"].values.astype("f4"), **_COMPRESSION)
-    z = g.create_dataset("zernike", data=grid_ds["zernike"].values)
-    z.attrs.update({k: str(v) for k, v in grid_ds["zernike"].attrs.items()})
-    g.create_dataset("mode", data=grid_ds["mode"].values)
-    g.create_dataset("field_y", data=model.field_y).attrs["units"] = "normalised field"
-    g.create_dataset("field_x", data=model.field_x).attrs["units"] = "normalised field"
-    g.attrs["axes"] = "psf: field_y, field_x, y, x; zernike: field_y, field_x, mode"
-    m = f.create_group("lowrank")
-    m.create_dataset("kernels", data=model.kernels)
-    m.create_dataset("coefficients", data=model.coefficients)
-    m.create_dataset("singular_values", data=model.singular_values)
-    m.attrs.update(rank=model.rank, relative_error=model.relative_error, axes="kernels: k, y, x")
-
-
 def write_dataset(
     path,
     lens: Lens,
     source,
     config: DatasetConfig,
     *,
+    model: EigenPSFs | None = None,
+    model_info: dict | None = None,
     workers: int = 0,
     dask=None,
     overwrite: bool = False,
@@ -234,6 +234,10 @@ def write_dataset(
     ----------
     path : output file
     lens : Lens; source : image source (:func:`optisim.samples.make_source`); config : DatasetConfig
+    model : EigenPSFs or None, an empirical PSF model (:func:`optisim.psfmodel.read_psf_model`) to blur with instead
+        of the lens's PSFs; ``lens`` is then its nominal lens (sensor, pixel). No PSF grid is computed; the kernel
+        size, grid and rank come from the model (a different ``config.kernel_size`` is an error; ``tol`` is unused)
+    model_info : dict or None, JSON-able description of the model (:func:`optisim.psfmodel.psf_model_info`)
     workers : int, local worker processes (0: generate in this process); one writer (this process)
     dask : None, a scheduler address (``'tcp://host:8786'``) or a ``distributed.Client``: generate on Dask
     overwrite : bool, replace an existing file instead of resuming it (required if its configuration differs)
@@ -256,22 +260,21 @@ def write_dataset(
     path = Path(path)
     if workers < 0 or block < 1:
         raise ValueError(f"workers: expected >= 0 and block >= 1, got {workers} and {block}")
-    kernel = kernel_size_for(lens) if config.kernel_size is None else int(config.kernel_size)
-    config = DatasetConfig(**{**config.__dict__, "kernel_size": kernel})
-    check_size(config.size, lens.sensor_shape, kernel)  # before the PSF grid is computed
+    config = _resolve_config(config, lens, model)
+    check_size(config.size, lens.sensor_shape, config.kernel_size)  # before the PSF grid is computed
     source_info = source.describe()
-    record = _record(lens, source_info, config)
+    record = _record(lens, source_info, config, model)
     if path.exists() and overwrite:
         path.unlink()
-    grid_ds = None
-    if path.exists():
+    grid_ds, create = None, not path.exists()
+    if not create:
         model = _open_existing(path, record, lens.sensor_shape)
-    else:
-        grid_ds = psf_grid(lens, grid=config.grid, size=kernel)
+    elif model is None:
+        grid_ds = psf_grid(lens, grid=config.grid, size=config.kernel_size)
         model = EigenPSFs.from_psf_grid(grid_ds, rank=config.rank, tol=config.tol)
     gen = SampleGenerator(lens, source, size=config.size, seed=config.seed, noise=config.noise, model=model)
-    if grid_ds is not None:
-        _create(path, gen, grid_ds, config, record, source_info)
+    if create:
+        _create(path, gen, grid_ds, config, record, source_info, model_info)
     with h5py.File(path, "r+") as f:
         todo = np.flatnonzero(f["done"][:] == 0)
         done_before = config.n - len(todo)
@@ -296,6 +299,20 @@ def write_dataset(
     }
 
 
+def _resolve_config(config: DatasetConfig, lens: Lens, model: EigenPSFs | None) -> DatasetConfig:
+    """The configuration with its kernel size set: from the lens, or (grid and rank too) from a PSF model."""
+    if model is None:
+        kernel = kernel_size_for(lens) if config.kernel_size is None else int(config.kernel_size)
+        return DatasetConfig(**{**config.__dict__, "kernel_size": kernel})
+    kernel = int(model.kernels.shape[-1])
+    if config.kernel_size not in (None, kernel):
+        raise ValueError(f"kernel_size: the PSF model's eigen-PSFs are {kernel}x{kernel}, got {config.kernel_size}")
+    if tuple(model.sensor_shape) != tuple(lens.sensor_shape):
+        raise ValueError(f"model: built for a {model.sensor_shape} sensor, the lens has {lens.sensor_shape}")
+    grid = (len(model.field_y), len(model.field_x))
+    return DatasetConfig(**{**config.__dict__, "kernel_size": kernel, "grid": grid, "rank": model.rank})
+
+
 def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
     """Check that an existing file was written with ``record``'s configuration; return its low-rank model."""
     try:
@@ -308,7 +325,9 @@ def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
                 "config": json.loads(f.attrs["config"]),
                 "source": {k: v for k, v in json.loads(f.attrs["source"]).items() if k != "path"},
             }
-            model = _read_model(f, sensor_shape)
+            model = read_model_groups(f, sensor_shape)
+            if f.attrs.get("forward_model", "lens") == "psf-model":
+                stored["psf_model"] = model_digest(model)
     except (OSError, KeyError) as err:
         raise ValueError(
             f"{path} exists but is not a readable optisim dataset ({err}); use --overwrite to replace it"
@@ -326,27 +345,16 @@ def _open_existing(path: Path, record: dict, sensor_shape) -> EigenPSFs:
     return model
 
 
-def _read_model(f: h5py.File, sensor_shape) -> EigenPSFs:
-    m = f["lowrank"]
-    return EigenPSFs(
-        kernels=m["kernels"][:],
-        coefficients=m["coefficients"][:],
-        field_y=f["psf_grid/field_y"][:],
-        field_x=f["psf_grid/field_x"][:],
-        sensor_shape=tuple(sensor_shape),
-        singular_values=m["singular_values"][:],
-    )
-
-
 def read_forward_model(path) -> tuple[Lens, EigenPSFs]:
-    """The lens and the low-rank PSF model a dataset was blurred with (``/lowrank``, ``/psf_grid``)."""
+    """The lens and the low-rank PSF model a dataset was blurred with (``/lowrank``, ``/psf_grid``): a lens's model,
+    or an empirical PSF model with its nominal lens (``forward_model = "psf-model"``)."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("schema_name") != SCHEMA_NAME:
                 raise ValueError(f"{path}: not an optisim dataset (schema {f.attrs.get('schema_name')!r})")
             lens = Lens.from_toml(str(f.attrs["lens_toml"]), source=f"{path} (lens_toml)")
-            return lens, _read_model(f, lens.sensor_shape)
+            return lens, read_model_groups(f, lens.sensor_shape)
     except (OSError, KeyError) as err:
         raise ValueError(f"{path}: not a readable optisim dataset ({err})") from None
 
@@ -532,7 +540,8 @@ def dataset_info(path) -> dict:
             },
             "noise": json.loads(f.attrs["noise"]),
             "source": json.loads(f.attrs["source"]).get("kind"),
-            "psf_grid": list(f["psf_grid/psf"].shape),
+            "forward_model": str(f.attrs.get("forward_model", "lens")),
+            "psf_grid": [len(f["psf_grid/field_y"]), len(f["psf_grid/field_x"]), *f["lowrank/kernels"].shape[1:]],
             "rank": int(f["lowrank"].attrs["rank"]),
             "rank_relative_error": float(f["lowrank"].attrs["relative_error"]),
             "file_mb": round(path.stat().st_size / 2**20, 2),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from optisim.lens import Lens
-from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, blur_operator
+from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, blur_operator
 from optisim.noise import CameraNoise, apply_noise
 
 __all__ = ["Simulation", "fit_to_sensor", "simulate_image"]
@@ -76,6 +76,7 @@ def simulate_image(
     grid=DEFAULT_GRID,
     rank: int | None = None,
     tol: float = DEFAULT_TOL,
+    model: EigenPSFs | None = None,
     device=None,
 ) -> Simulation:
     """Blur a sharp image with the lens's spatially varying PSF over the whole sensor, then add camera noise.
@@ -87,6 +88,9 @@ def simulate_image(
     method : {'lowrank', 'exact'}, see :mod:`optisim.blur`; noise : CameraNoise or None (no noise)
     seed : int, seeds the noise (a torch generator); fit : {'crop', 'resize'}; normalize : scale the maximum to 1
     kernel_size, grid, rank, tol : the PSF window and low-rank model (:func:`optisim.lowrank.blur_operator`)
+    model : EigenPSFs or None, a low-rank PSF model to blur with instead of the lens's PSFs (e.g. an empirical one,
+        :func:`optisim.psfmodel.read_psf_model`; ``lens`` is then its nominal lens and gives the sensor). Only
+        ``method='lowrank'``; ``kernel_size``, ``grid``, ``rank`` and ``tol`` are not used.
     device : torch device
 
     Returns
@@ -101,7 +105,14 @@ def simulate_image(
         if peak <= 0:
             raise ValueError("image: all pixels are zero; there is nothing to blur")
         sharp = sharp / peak
-    op = blur_operator(lens, method=method, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
+    if model is None:
+        op = blur_operator(lens, method=method, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
+    elif method != "lowrank":
+        raise ValueError(f"method: a PSF model is a low-rank model, so method must be 'lowrank', got {method!r}")
+    elif tuple(model.sensor_shape) != tuple(lens.sensor_shape):
+        raise ValueError(f"model: built for a {model.sensor_shape} sensor, the lens has {lens.sensor_shape}")
+    else:
+        op = model.operator(device=device)
     x = torch.as_tensor(sharp, device=device)
     with torch.no_grad():
         y = op(x).clamp_(min=0.0)

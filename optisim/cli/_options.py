@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["GridType", "PairType", "resolve_device"]
+__all__ = [
+    "GridType",
+    "NoiseType",
+    "PairType",
+    "forward_model_options",
+    "load_forward_model",
+    "psf_model_option",
+    "resolve_device",
+]
+
+FORWARD_MODEL_PARAMS = ("kernel_size", "grid", "rank", "tol")
 
 
 class GridType(click.ParamType):
@@ -101,3 +111,37 @@ def forward_model_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def psf_model_option(func):
+    """``--psf-model FILE``: an empirical PSF model (optisim-psf-model NetCDF) in place of the lens file."""
+    return click.option(
+        "--psf-model",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Empirical PSF model (.nc, optisim-psf-model) to blur with, in place of LENS_FILE.",
+    )(func)
+
+
+def load_forward_model(ctx: click.Context, lens_file, psf_model):
+    """The lens and, with ``--psf-model``, the PSF model and its description: ``(lens, model or None, info or None)``.
+
+    Exactly one of LENS_FILE and ``--psf-model`` must be given; with ``--psf-model``, an explicit ``--kernel-size``,
+    ``--grid``, ``--rank`` or ``--tol`` is a usage error (they shape a model computed from a lens file).
+    """
+    if (lens_file is None) == (psf_model is None):
+        raise click.UsageError(
+            f"give a lens file or --psf-model FILE, not {'neither' if lens_file is None else 'both'}"
+        )
+    if psf_model is None:
+        from optisim.lens import load_lens
+
+        return load_lens(lens_file), None, None
+    for name in FORWARD_MODEL_PARAMS:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            raise click.UsageError(f"--{name.replace('_', '-')} applies to a lens file, not to --psf-model", ctx)
+    from optisim.psfmodel import psf_model_info, read_psf_model
+
+    lens, model = read_psf_model(psf_model)
+    return lens, model, psf_model_info(psf_model)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import click
 
-from optisim.cli._options import NoiseType, forward_model_options
+from optisim.cli._options import NoiseType, forward_model_options, load_forward_model, psf_model_option
 
 
 class _DefaultToCreate(click.Group):
-    """``optisim dataset LENS ...`` runs ``create``; ``optisim dataset info FILE`` runs ``info``."""
+    """``optisim dataset LENS ...`` (or ``--psf-model FILE ...``) runs ``create``; ``optisim dataset info FILE`` runs
+    ``info``."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
@@ -39,11 +40,13 @@ class SplitsType(click.ParamType):
 
 @click.group(cls=_DefaultToCreate)
 def dataset():
-    """Forward-blurred datasets in HDF5: `optisim dataset LENS_FILE -o data.h5 ...` or `optisim dataset info FILE`."""
+    """Forward-blurred datasets in HDF5: `optisim dataset LENS_FILE -o data.h5 ...`, `optisim dataset --psf-model
+    MODEL.nc -o data.h5 ...` or `optisim dataset info FILE`."""
 
 
 @dataset.command("create")
-@click.argument("lens_file")
+@click.argument("lens_file", required=False)
+@psf_model_option
 @click.option(
     "--source",
     default="synthetic",
@@ -68,8 +71,11 @@ def dataset():
 @click.option("--dask", "dask_address", default=None, help="Generate on the Dask cluster at this scheduler address.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file instead of resuming it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
 def create(
+    ctx,
     lens_file,
+    psf_model,
     source,
     channel,
     n,
@@ -89,14 +95,15 @@ def create(
 ):
     """Generate N samples: crops of S x S pixels at random sensor offsets, blurred by their own sensor region.
 
+    The blur comes from LENS_FILE (a lens file or preset name) or from an empirical PSF model given with
+    --psf-model (its eigen-PSFs and weight maps; --kernel-size, --grid, --rank and --tol then do not apply).
     Rerunning the same command after an interruption (Ctrl-C, a killed job) resumes where it stopped; a file
     written with another configuration is refused unless --overwrite is given.
     """
     from optisim.dataset import DatasetConfig, write_dataset
-    from optisim.lens import load_lens
     from optisim.samples import make_source
 
-    lens = load_lens(lens_file)
+    lens, model, model_info = load_forward_model(ctx, lens_file, psf_model)
     src = make_source(source, channel=channel)
     config = DatasetConfig(
         n=n, size=size, seed=seed, splits=splits, noise=noise, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol
@@ -104,7 +111,16 @@ def create(
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = write_dataset(
-            output, lens, src, config, workers=workers, dask=dask_address, overwrite=overwrite, progress=not quiet
+            output,
+            lens,
+            src,
+            config,
+            model=model,
+            model_info=model_info,
+            workers=workers,
+            dask=dask_address,
+            overwrite=overwrite,
+            progress=not quiet,
         )
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: rerun the same command to resume {output}", err=True)

@@ -1,4 +1,4 @@
-"""``optisim simulate``: blur one full-sensor image with a lens (and optionally add camera noise)."""
+"""``optisim simulate``: blur one full-sensor image with a lens or a PSF model (and optionally add camera noise)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from optisim.cli._options import NoiseType, forward_model_options, resolve_device
+from optisim.cli._options import NoiseType, forward_model_options, load_forward_model, psf_model_option, resolve_device
 
 
 @click.command()
-@click.argument("lens_file")
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("lens_file", required=False)
+@click.argument("image", required=False, metavar="IMAGE", type=click.Path(dir_okay=False, path_type=Path))
+@psf_model_option
 @click.option(
     "-o",
     "--output",
@@ -46,9 +47,12 @@ from optisim.cli._options import NoiseType, forward_model_options, resolve_devic
 @click.option("--sharp-output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the sharp input.")
 @forward_model_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.pass_context
 def simulate(
+    ctx,
     lens_file,
     image,
+    psf_model,
     output,
     method,
     noise,
@@ -65,17 +69,22 @@ def simulate(
 ):
     """Blur IMAGE as the lens LENS_FILE (a lens file or preset name) would image it over its whole sensor.
 
+    `optisim simulate LENS_FILE IMAGE -o out.tif`, or `optisim simulate --psf-model MODEL.nc IMAGE -o out.tif` to
+    blur with an empirical PSF model (--kernel-size, --grid, --rank and --tol then do not apply).
     Each source pixel spreads with the PSF of its own field position; the scene is dark outside the sensor.
     The output is a float32 TIFF in the units of the input scaled so its maximum is 1.
     """
     from optisim.io import write_tiff
-    from optisim.lens import load_lens
     from optisim.simulate import simulate_image
     from optisim.sources import open_image
 
+    if psf_model is not None and image is None and lens_file is not None:
+        lens_file, image = None, Path(lens_file)  # `--psf-model FILE IMAGE`: the one argument is the image
+    if image is None and (lens_file is None) != (psf_model is None):
+        raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "image"))
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--output: expected a .tif or .tiff file, got {output.name}")
-    lens = load_lens(lens_file)
+    lens, model, model_info = load_forward_model(ctx, lens_file, psf_model)
     planes = open_image(image, channel=channel)
     if plane >= len(planes):
         raise ValueError(f"--plane: {image.name} has {len(planes)} plane(s), got --plane {plane}")
@@ -90,11 +99,14 @@ def simulate(
         grid=grid,
         rank=rank,
         tol=tol,
+        model=model,
         device=resolve_device(device),
     )
     click.echo(result.message, err=True)
     meta = {
         "lens": lens.to_toml(),
+        "forward_model": "lens" if model is None else "psf-model",
+        "psf_model": model_info,
         "source_image": str(image),
         "plane": plane,
         "channel": channel,
@@ -108,7 +120,5 @@ def simulate(
     if sharp_output is not None:
         write_tiff(sharp_output, result.sharp, pixel_um=lens.pixel_um, metadata={**meta, "role": "sharp input"})
     rank_text = f", rank {result.rank}" if result.rank else ""
-    click.echo(
-        f"wrote {output} ({lens.sensor_shape[0]}x{lens.sensor_shape[1]}, {method}{rank_text}, "
-        f"noise {'off' if noise is None else 'on'})"
-    )
+    kind, (ny, nx) = (method if model is None else "PSF model"), lens.sensor_shape
+    click.echo(f"wrote {output} ({ny}x{nx}, {kind}{rank_text}, noise {'off' if noise is None else 'on'})")
