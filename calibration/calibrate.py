@@ -126,11 +126,12 @@ def _validate(result: BeadModelFit, stacks, model_path: Path, device: str) -> di
 
 
 def _best_plane(stack, z_um) -> int:
-    """The plane nearest the beads' median focus (0 for a 2D image)."""
+    """The plane nearest the beads' median focus (0 for a 2D image); a bead at ``z`` is in focus at plane
+    position ``-z`` (:mod:`optisim.beads`)."""
     if stack.data.shape[0] == 1 or z_um is None or not len(z_um):
         return 0
     centre = (stack.data.shape[0] - 1) / 2
-    return int(np.clip(round(centre + float(np.median(z_um)) / stack.z_step_um), 0, stack.data.shape[0] - 1))
+    return int(np.clip(round(centre - float(np.median(z_um)) / stack.z_step_um), 0, stack.data.shape[0] - 1))
 
 
 def _fits_table(result: BeadModelFit) -> list[dict]:

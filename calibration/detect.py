@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548: FWHM of a Gaussian in units of its sigma
-REASONS = ("cut by the border", "saturated", "too close", "too faint", "over --max-beads")
+REASONS = ("cut by the border", "saturated", "too close", "too faint", "over --max-beads", "poor fit")
 _MAD_TO_SIGMA = 1.482602218505602  # sigma of a normal distribution per median absolute deviation
 
 

@@ -9,7 +9,10 @@ so the fit and the simulator share one forward model. The parameters of a bead a
   as Zernikes);
 * for a z-stack, its axial position ``z`` (µm from the stack's reference plane) in place of Zernike defocus: the
   planes' known spacing is the phase diversity that makes the fit unique;
-* optionally the NA (``fit_na``), per bead;
+* optionally (``fit_pupil``) the NA and a Gaussian fall-off of the pupil's transmission toward its edge, and for
+  a stack the axial scale (focal shift per nominal z-step: a refractive-index mismatch between immersion and
+  sample, or a stage step that is not the focal step, makes it differ from 1), per bead. Real objectives are
+  rarely uniform pupils, and a measured z-stack shows it;
 * brightness and background, solved in closed form (linear least squares) at every evaluation (variable
   projection), so the iterative fit sees only the non-linear parameters.
 
@@ -57,7 +60,7 @@ class FitConfig:
     bead_diameter_um : float, µm
     oversample : int, sub-samples per pixel for pixel integration
     modality : {'widefield', 'confocal'}
-    fit_na : bool, fit each bead's NA too
+    fit_pupil : bool, also fit each bead's NA and pupil fall-off (see the module docstring)
     iterations : int, Levenberg-Marquardt iterations per start
     starts : tuple of float, initial defocus (waves RMS) of the starts of a 2D fit
     """
@@ -66,7 +69,7 @@ class FitConfig:
     bead_diameter_um: float = 0.1
     oversample: int = 2
     modality: str = "widefield"
-    fit_na: bool = False
+    fit_pupil: bool = False
     iterations: int = 40
     starts: tuple[float, ...] = (0.05, 0.3, 0.6)
 
@@ -106,7 +109,9 @@ class BeadFits:
     rows, cols : (N,) float, bead centres on the sensor, pixels
     centres : (N, 2) int, sensor pixel (row, col) of each crop's centre pixel
     z_um : (N,) float or None, axial position from the reference plane (stacks), µm
-    na : (N,) float, the NA of each bead's fit (the lens's NA unless ``fit_na``)
+    na : (N,) float, the NA of each bead's fit (the lens's NA unless ``fit_pupil``)
+    falloff : (N,) float, the pupil amplitude's fall-off ``exp(-falloff ρ²)`` (0 unless ``fit_pupil``)
+    axial_scale : (N,) float, focal shift per nominal z-step (1 unless ``fit_pupil`` on a stack)
     amplitude : (N,) float, the bead's energy in image units (integrated over an unbounded window, all planes)
     background : (N,) float, image units per pixel
     correlation : (N,) float, Pearson correlation of model and data over the crop
@@ -123,6 +128,8 @@ class BeadFits:
     centres: np.ndarray
     z_um: np.ndarray | None
     na: np.ndarray
+    falloff: np.ndarray
+    axial_scale: np.ndarray
     amplitude: np.ndarray
     background: np.ndarray
     correlation: np.ndarray
@@ -154,10 +161,27 @@ class BeadFits:
 class _Problem:
     """The residual of every bead as a function of its packed non-linear parameters (float64)."""
 
-    def __init__(self, model: BeadModel, data: torch.Tensor, n_modes: int, fit_z: bool, fit_na: bool, wavelength):
+    def __init__(self, model: BeadModel, data: torch.Tensor, n_modes: int, fit_z: bool, fit_pupil: bool, wavelength):
         self.model, self.data, self.n_modes = model, data, n_modes
-        self.fit_z, self.fit_na, self.wavelength = fit_z, fit_na, wavelength
+        self.fit_z, self.fit_pupil, self.wavelength = fit_z, fit_pupil, wavelength
         self.flat = data.flatten(1)  # (B, M)
+        self.lower, self.upper = self._bounds()
+
+    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box bounds of the packed parameters: a step never leaves the physically meaningful range."""
+        half = self.model.size / 2
+        lens = self.model.lens
+        lo = [-3.0] * self.n_modes + [-half, -half]  # waves RMS; pixels
+        hi = [3.0] * self.n_modes + [half, half]
+        if self.fit_z:
+            reach = float(self.model.planes.abs().max()) + 2.0
+            lo, hi = lo + [-reach], hi + [reach]  # µm
+        if self.fit_pupil:
+            lo += [0.5 * lens.na, -2.0]
+            hi += [min(1.5 * lens.na, 0.98 * lens.immersion_index), 10.0]
+            if self.fit_z:
+                lo, hi = lo + [0.25], hi + [4.0]
+        return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
     def unpack(self, theta: torch.Tensor) -> dict:
         j = self.n_modes
@@ -165,8 +189,10 @@ class _Problem:
         k = j + 2
         if self.fit_z:
             out["z_um"], k = theta[:, k], k + 1
-        if self.fit_na:
-            out["na"] = theta[:, k]
+        if self.fit_pupil:
+            out["na"], out["falloff"] = theta[:, k], theta[:, k + 1]
+            if self.fit_z:
+                out["axial_scale"] = theta[:, k + 2]
         return out
 
     def images(self, theta: torch.Tensor) -> torch.Tensor:
@@ -217,7 +243,7 @@ def _levenberg_marquardt(problem: _Problem, theta: torch.Tensor, iterations: int
         g = jac.transpose(1, 2) @ r[:, :, None]
         diag = torch.diagonal(h, dim1=1, dim2=2).clamp(min=1e-12)
         delta = -torch.linalg.solve(h + torch.diag_embed(lam[:, None] * diag), g)[:, :, 0]
-        trial = theta + delta
+        trial = torch.minimum(torch.maximum(theta + delta, problem.lower), problem.upper)
         r_new = problem.residual(trial)
         cost_new = (r_new * r_new).sum(1)
         better = (cost_new < cost) & active
@@ -278,13 +304,13 @@ def fit_beads(
     )  # fmt: skip
     wl = lens.reference_wavelength_um
     data = torch.as_tensor(crops)
-    problem = _Problem(model, data, len(free), stack, config.fit_na, wl)
+    problem = _Problem(model, data, len(free), stack, config.fit_pupil, wl)
     centres = np.asarray(centres, dtype=float)
     shift0 = torch.as_tensor(np.asarray(positions, dtype=float) - centres)
     best_theta, best_cost, best_jac = None, None, None
     starts = [0.0] if stack else config.starts
     for start in starts:
-        theta = _initial(n_beads, free, shift0, stack, config.fit_na, start, z_init_um, lens.na)
+        theta = _initial(n_beads, free, shift0, stack, config.fit_pupil, start, z_init_um, lens.na)
         theta, cost, jac = _levenberg_marquardt(problem, theta, config.iterations)
         if best_theta is None:
             best_theta, best_cost, best_jac = theta, cost, jac
@@ -298,15 +324,16 @@ def fit_beads(
     return _collect(problem, best_theta, best_cost, best_jac, all_modes, free, centres, lens, planes_um)
 
 
-def _initial(n, free, shift0, stack, fit_na, defocus, z_init_um, na) -> torch.Tensor:
+def _initial(n, free, shift0, stack, fit_pupil, defocus, z_init_um, na) -> torch.Tensor:
     parts = [torch.zeros(n, len(free), dtype=torch.float64), shift0]
     if not stack and (2, 0) in free:
         parts[0][:, free.index((2, 0))] = defocus
     if stack:
         z0 = np.zeros(n) if z_init_um is None else np.asarray(z_init_um, dtype=float)
         parts.append(torch.as_tensor(z0)[:, None])
-    if fit_na:
-        parts.append(torch.full((n, 1), float(na), dtype=torch.float64))
+    if fit_pupil:
+        start = [float(na), 0.0] + ([1.0] if stack else [])
+        parts.append(torch.tensor([start], dtype=torch.float64).expand(n, len(start)))
     return torch.cat(parts, dim=1)
 
 
@@ -331,7 +358,9 @@ def _collect(problem: _Problem, theta, cost, jac, modes, free, centres, lens, pl
     if planes_um is not None:
         z_um, zs = th[:, k], sigma[:, k]
         k += 1
-    na = th[:, k] if problem.fit_na else np.full(n, lens.na)
+    na = th[:, k] if problem.fit_pupil else np.full(n, lens.na)
+    falloff = th[:, k + 1] if problem.fit_pupil else np.zeros(n)
+    axial_scale = th[:, k + 2] if problem.fit_pupil and z_um is not None else np.ones(n)
     if z_um is not None:
         for i in range(n):  # each bead's defocus, at its own NA
             per_um = defocus_zernike_um(1.0, modes, na=na[i], immersion_index=lens.immersion_index) / wl
@@ -351,6 +380,8 @@ def _collect(problem: _Problem, theta, cost, jac, modes, free, centres, lens, pl
         centres=centres.astype(int),
         z_um=z_um,
         na=na,
+        falloff=falloff,
+        axial_scale=axial_scale,
         amplitude=a.numpy(),
         background=b.numpy(),
         correlation=corr,

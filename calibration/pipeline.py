@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -43,11 +43,12 @@ class ModelConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     field_model: str = "auto"
-    field_degree: int = 2
+    field_degree: int | None = None  # None: 2, lowered for few beads (see auto_degree)
     holdout: float = 0.2
     auto_threshold: float = 0.9
     empirical_grid: tuple[int, int] = (9, 9)
     seed: int = 0
+    min_correlation: float = 0.5  # beads whose fit correlates less with the data are rejected ("poor fit")
     prior: str | None = None  # a design lens file or preset: the sign of even aberrations in 2D follows it
 
     def __post_init__(self):
@@ -55,7 +56,8 @@ class ModelConfig:
             raise ValueError(f"field_model: expected one of {FIELD_MODELS}, got {self.field_model!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
-        monomials(self.field_degree)
+        if self.field_degree is not None:
+            monomials(self.field_degree)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -80,6 +82,7 @@ class BeadModelFit:
     empirical_psfs: np.ndarray | None = None  # (N, w, w) the measured, centred, normalised bead PSFs
     validation: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    degree: int = 2  # of the field polynomials
 
 
 def _sigma_px(lens: Lens, modality: str) -> float:
@@ -148,10 +151,31 @@ def _crops(stacks, detections, window):
     return cat(crops), cat(centres), np.array(cat(positions), float), np.array(cat(z0), float), cat(frames)
 
 
-def _holdout(n: int, config: ModelConfig) -> np.ndarray:
+def auto_degree(n: int) -> int:
+    """Field-polynomial degree for ``n`` fitted beads: 2, 1 or 0, with at least two beads per term above 0."""
+    for degree in (2, 1):
+        if n >= 2 * len(monomials(degree)):
+            return degree
+    return 0
+
+
+def _reject_poor_fits(detections, correlation, limit: float) -> None:
+    """Mark the kept beads whose fit correlation is below ``limit`` as rejected (in detection order)."""
+    k = 0
+    for det in detections:
+        for i, bead in enumerate(det.beads):
+            if bead.status != "kept":
+                continue
+            if correlation[k] < limit:
+                reason = f"poor fit (correlation {correlation[k]:.2f} < {limit:g})"
+                det.beads[i] = replace(bead, status="rejected", reason=reason)
+            k += 1
+
+
+def _holdout(n: int, config: ModelConfig, degree: int) -> np.ndarray:
     """(n,) bool: beads held out of the field fit, drawn with the seed; none when too few beads remain."""
     k = math.floor(config.holdout * n)
-    if n - k < 2 * len(monomials(config.field_degree)):
+    if n - k < 2 * len(monomials(degree)):
         k = 0
     mask = np.zeros(n, dtype=bool)
     mask[np.random.default_rng(config.seed).choice(n, size=k, replace=False)] = True
@@ -173,16 +197,27 @@ def fit_model(stacks, lens: Lens, config: ModelConfig, *, z_step_um=None, echo=p
         if z_step_um is None:
             raise ValueError(f"a z-stack of {n_planes} planes needs its z-step; pass --z-step (µm)")
         planes_um = (np.arange(n_planes) - (n_planes - 1) / 2) * z_step_um
-        z_init = (z_planes - (n_planes - 1) / 2) * z_step_um
+        z_init = -(z_planes - (n_planes - 1) / 2) * z_step_um  # in focus where z + plane position = 0
     t = time.perf_counter()
     fits = fit_beads(crops, centres, positions, lens, config=config.fit, planes_um=planes_um, z_init_um=z_init)
     seconds["fit"] = time.perf_counter() - t
     echo(f"  fitted {n} beads in {seconds['fit']:.1f} s: median correlation {np.median(fits.correlation):.4f}")
+    good = fits.correlation >= config.min_correlation
+    if not good.any():
+        raise ValueError(
+            f"no bead fits the model: the best fit correlates {fits.correlation.max():.2f} with its data "
+            f"(limit {config.min_correlation}); check the optics options (--na, --wavelength, --pixel-size)"
+        )
+    if not good.all():
+        _reject_poor_fits(detections, fits.correlation, config.min_correlation)
+        fits, frames, n = fits.subset(good), frames[good], int(good.sum())
+        echo(f"  {int((~good).sum())} bead(s) rejected for a poor fit; {n} remain")
     flipped = np.zeros(n, dtype=bool)
     prior = load_lens(config.prior) if config.prior is not None else None
-    if planes_um is None and n >= 2 * len(monomials(config.field_degree)):
-        fits, flipped = resolve_signs(fits, lens.sensor_shape, degree=config.field_degree, prior=prior)
-    holdout = _holdout(n, config)
+    degree = auto_degree(n) if config.field_degree is None else config.field_degree
+    if planes_um is None and n >= 2 * len(monomials(degree)):
+        fits, flipped = resolve_signs(fits, lens.sensor_shape, degree=degree, prior=prior)
+    holdout = _holdout(n, config, degree)
     kind = config.field_model
     if kind == "auto":
         kind = "parametric" if np.median(fits.correlation) >= config.auto_threshold else "empirical"
@@ -192,6 +227,7 @@ def fit_model(stacks, lens: Lens, config: ModelConfig, *, z_step_um=None, echo=p
     )  # fmt: skip
     result.validation["bead_width"] = widths
     t = time.perf_counter()
+    result.degree = degree
     if kind == "parametric":
         _parametric(result, config)
     else:
@@ -202,13 +238,7 @@ def fit_model(stacks, lens: Lens, config: ModelConfig, *, z_step_um=None, echo=p
 
 def _parametric(result: BeadModelFit, config: ModelConfig) -> None:
     fits, keep = result.fits, ~result.holdout
-    n_terms = len(monomials(config.field_degree))
-    if keep.sum() < n_terms:
-        raise ValueError(
-            f"a degree-{config.field_degree} field model has {n_terms} terms per mode but only {int(keep.sum())} "
-            f"beads are usable; lower --field-degree or image more beads"
-        )
-    result.field_fit = fit_field(fits.subset(keep), result.lens.sensor_shape, degree=config.field_degree)
+    result.field_fit = fit_field(fits.subset(keep), result.lens.sensor_shape, degree=result.degree)
     result.lens = result.field_fit.lens(result.nominal)
     if result.holdout.any():
         held = fits.subset(result.holdout)

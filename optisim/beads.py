@@ -171,18 +171,21 @@ class BeadModel(torch.nn.Module):
         bead = sphere_transfer(np.hypot(f[:, None], fr[None, :]), self.bead_diameter_um)
         self.register_buffer("bead_otf", torch.as_tensor(bead, **kw))
 
-    def extra_opd(self, na: torch.Tensor, shift_px: torch.Tensor, z_um: torch.Tensor) -> torch.Tensor:
+    def extra_opd(self, na: torch.Tensor, shift_px: torch.Tensor, z_um: torch.Tensor, axial_scale=None) -> torch.Tensor:
         """Defocus and tilt OPD (µm) of every (bead, plane), ``(B, Z, N, N)``; ``na`` a (B,) tensor."""
         nidx = self.lens.immersion_index
         na = na[:, None, None]
         d = (nidx - torch.sqrt(torch.clamp(nidx**2 - na**2 * self.rho2, min=1e-12))) * self.mask  # (B, N, N)
-        z = z_um[:, None] + self.planes[None, :]  # (B, Z)
+        planes = self.planes[None, :] if axial_scale is None else axial_scale[:, None] * self.planes[None, :]
+        z = z_um[:, None] + planes  # (B, Z)
         tilt_x = self.u[None, None, :] * shift_px[:, 1, None, None]
         tilt_y = self.u[None, :, None] * shift_px[:, 0, None, None]
         tilt = -na * self.lens.pixel_um * (tilt_x + tilt_y) * self.mask  # (B, N, N)
         return z[:, :, None, None] * d[:, None] + tilt[:, None]
 
-    def forward(self, coefficients_um: torch.Tensor, *, shift_px=None, z_um=None, na=None) -> torch.Tensor:
+    def forward(
+        self, coefficients_um: torch.Tensor, *, shift_px=None, z_um=None, na=None, falloff=None, axial_scale=None
+    ) -> torch.Tensor:
         """Bead images.
 
         Parameters
@@ -191,6 +194,10 @@ class BeadModel(torch.nn.Module):
         shift_px : (B, 2) Tensor or None, (Δy, Δx) offset of the bead from the window's centre pixel, pixels
         z_um : (B,) Tensor or None, the bead's axial distance from the reference plane, µm
         na : float, (B,) Tensor or None (the lens's NA): numerical aperture of each bead's image (differentiable)
+        falloff : (B,) Tensor or None: pupil amplitude multiplied by ``exp(-falloff ρ²)`` (a transmission that
+            falls toward the pupil's edge, as in many real objectives; 0 or None: the lens's apodisation only)
+        axial_scale : (B,) Tensor or None: the planes' positions are multiplied by it (the focal shift per unit of
+            the stack's nominal z-step, which a refractive-index mismatch or a mis-stated step makes differ from 1)
 
         Returns
         -------
@@ -206,12 +213,17 @@ class BeadModel(torch.nn.Module):
         z_um = torch.zeros(b, dtype=dtype, device=self.basis.device) if z_um is None else z_um
         na = torch.as_tensor(self.lens.na if na is None else na, dtype=dtype, device=self.basis.device)
         na = na.expand(b) if na.ndim == 0 else na
-        opd = (coefficients_um.to(dtype) @ self.basis).reshape(b, 1, n, n) + self.extra_opd(na, shift_px, z_um)
+        extra = self.extra_opd(na, shift_px, z_um, axial_scale)
+        opd = (coefficients_um.to(dtype) @ self.basis).reshape(b, 1, n, n) + extra
         opd = opd.reshape(-1, n, n)
         na_planes = na.repeat_interleave(len(self.planes))[:, None, None]  # (B Z, 1, 1)
+        amplitude = self.amplitude[None]
+        if falloff is not None:
+            amplitude = amplitude * torch.exp(-falloff[:, None, None] * self.rho2)
+            amplitude = amplitude.repeat_interleave(len(self.planes), dim=0)
         image = 0.0
         for wl, weight in zip(self.lens.wavelengths_um, self.lens.weights, strict=True):
-            image = image + float(weight) * self._intensity(opd, wl, na_planes)
+            image = image + float(weight) * self._intensity(opd, wl, na_planes, amplitude)
         image = image.reshape(b, len(self.planes), *image.shape[-2:])
         if self.modality == "confocal":
             image = image**2
@@ -224,17 +236,19 @@ class BeadModel(torch.nn.Module):
             image = image / image[:, focus].sum(dim=(-2, -1))[:, None, None, None]
         return image
 
-    def _intensity(self, opd: torch.Tensor, wavelength_um: float, na: torch.Tensor) -> torch.Tensor:
+    def _intensity(self, opd: torch.Tensor, wavelength_um: float, na: torch.Tensor, amplitude) -> torch.Tensor:
         """Sub-sampled intensity (energy per sub-sample) of the pupils ``A exp(2πi OPD / λ)``, ``(B, M, M)``.
 
-        ``na`` : (B, 1, 1) Tensor, the NA of each pupil (sets the MFT's frequency scale).
+        ``na`` : (B, 1, 1) Tensor, the NA of each pupil (sets the MFT's frequency scale);
+        ``amplitude`` : (1 or B, N, N) Tensor, the pupil amplitude.
         """
-        pupil = torch.polar(self.amplitude.expand_as(opd), (2.0 * math.pi / wavelength_um) * opd)
+        pupil = torch.polar(amplitude.expand_as(opd), (2.0 * math.pi / wavelength_um) * opd)
         arg = (2.0 * math.pi / wavelength_um) * na * self.xu  # (B, M, N)
         mft = torch.polar(torch.ones_like(arg), arg)
         field = mft @ (pupil @ mft.transpose(-2, -1))
         du = 2.0 / self.pupil_samples
-        scale = (du * na / wavelength_um * self.lens.pixel_um / self.oversample) ** 2 / self.amplitude.square().sum()
+        energy = amplitude.square().sum(dim=(-2, -1), keepdim=True)
+        scale = (du * na / wavelength_um * self.lens.pixel_um / self.oversample) ** 2 / energy
         return (field.real.square() + field.imag.square()) * scale
 
 

@@ -64,6 +64,7 @@ def _debug(ctx) -> bool:
     cls=LazyGroup,
     lazy_subcommands={
         "bench": "optisim.cli.bench:bench",
+        "calibrate": "calibration.cli.calibrate:calibrate",
         "dataset": "optisim.cli.dataset:dataset",
         "deblur": "learn.cli.deblur:deblur",
         "demo": "optisim.cli.demo:demo",
