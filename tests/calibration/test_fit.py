@@ -11,9 +11,9 @@ import torch
 
 from calibration.field import fit_field, monomials, resolve_signs
 from calibration.fit import FitConfig, even_modes, fit_beads
+from calibration.io import BeadStack
 from calibration.optics import Optics, nominal_lens
 from calibration.pipeline import ModelConfig, fit_model
-from calibration.io import BeadStack
 from optisim.aberrations import FieldModel
 from optisim.beads import simulate_bead_image
 from optisim.lens import load_preset
@@ -47,7 +47,7 @@ def synthetic():
 
 
 def test_per_bead_wavefront_error_within_lambda_over_50(synthetic):
-    lens, truth, result = synthetic
+    lens, _truth, result = synthetic
     fits = result.fits
     assert len(fits) >= 45
     hx, hy = fits.rows, fits.cols
@@ -71,7 +71,7 @@ def test_bead_positions_and_quality(synthetic):
 
 
 def test_field_coefficients_within_0_02_waves(synthetic):
-    lens, _, result = synthetic
+    _lens, _, result = synthetic
     assert result.kind == "parametric" and result.degree == 2
     fitted, true = _terms(result.lens.aberrations), _terms(TRUE_FIELD)
     worst = max(abs(fitted.get(k, 0.0) - true.get(k, 0.0)) for k in set(fitted) | set(true))
@@ -117,7 +117,7 @@ def test_stack_fit_recovers_aberrations_without_sign_ambiguity():
     )
     w = 21
     r0, c0 = np.round(truth["rows"]).astype(int), np.round(truth["cols"]).astype(int)
-    crops = np.stack([image[:, r - w // 2 : r + w // 2 + 1, c - w // 2 : c + w // 2 + 1] for r, c in zip(r0, c0)])
+    crops = np.stack([image[:, r - w // 2 : r + w // 2 + 1, c - w // 2 : c + w // 2 + 1] for r, c in zip(r0, c0, strict=False)])
     fits = fit_beads(
         crops, np.c_[r0, c0], np.c_[truth["rows"], truth["cols"]], lens, planes_um=planes, z_init_um=np.zeros(4)
     )
