@@ -150,6 +150,8 @@ def _fits_table(result: BeadModelFit) -> list[dict]:
             "amplitude": float(fits.amplitude[i]),
             "background": float(fits.background[i]),
             "na": float(fits.na[i]),
+            "falloff": float(fits.falloff[i]),
+            "axial_scale": float(fits.axial_scale[i]),
             "z_um": None if fits.z_um is None else float(fits.z_um[i]),
         }
         for j, nm in enumerate(fits.modes):

@@ -63,6 +63,8 @@ def _model_options(func):
                      help="Reject beads fainter than this (peak / noise sigma)."),
         click.option("--max-beads", type=click.IntRange(1), default=None, help="Fit at most this many beads."),
         click.option("--window", type=click.IntRange(5), default=None, help="Crop side in pixels (odd) [auto]."),
+        click.option("--min-separation", type=click.FloatRange(0), default=None,
+                     help="Reject beads closer than this to another, pixels [0.75 x window]."),
         click.option("--saturation", type=float, default=None, help="Saturation level [the file's integer maximum]."),
         click.option("--modes", type=ModesType(), default="4-15", show_default=True, help="Fitted Noll modes."),
         click.option("--fit-pupil", is_flag=True, help="Also fit NA, pupil fall-off and (stacks) the axial scale."),
@@ -130,7 +132,8 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
     optics = Optics(pixel_um=o["pixel_size"], z_step_um=o["z_step"], wavelength_um=o["wavelength"], na=o["na"],
                     immersion_index=o["immersion_index"], lens=o["design_lens"])  # fmt: skip
     detect = DetectConfig(threshold=o["threshold"], min_snr=o["min_snr"], max_beads=o["max_beads"],
-                          window=o["window"], saturation=o["saturation"])  # fmt: skip
+                          window=o["window"], saturation=o["saturation"],
+                          min_separation=o["min_separation"])  # fmt: skip
     fit = FitConfig(modes=o["modes"], bead_diameter_um=o["bead_diameter"], modality=o["modality"],
                     fit_pupil=o["fit_pupil"])  # fmt: skip
     model = ModelConfig(detect=detect, fit=fit, field_model=o["field_model"], field_degree=o["field_degree"],
