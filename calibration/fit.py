@@ -175,12 +175,12 @@ class _Problem:
         hi = [3.0] * self.n_modes + [half, half]
         if self.fit_z:
             reach = float(self.model.planes.abs().max()) + 2.0
-            lo, hi = lo + [-reach], hi + [reach]  # µm
+            lo, hi = [*lo, -reach], [*hi, reach]  # µm
         if self.fit_pupil:
             lo += [0.5 * lens.na, -2.0]
             hi += [min(1.5 * lens.na, 0.98 * lens.immersion_index), 10.0]
             if self.fit_z:
-                lo, hi = lo + [0.25], hi + [4.0]
+                lo, hi = [*lo, 0.25], [*hi, 4.0]
         return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
     def unpack(self, theta: torch.Tensor) -> dict:

@@ -117,7 +117,9 @@ def test_stack_fit_recovers_aberrations_without_sign_ambiguity():
     )
     w = 21
     r0, c0 = np.round(truth["rows"]).astype(int), np.round(truth["cols"]).astype(int)
-    crops = np.stack([image[:, r - w // 2 : r + w // 2 + 1, c - w // 2 : c + w // 2 + 1] for r, c in zip(r0, c0, strict=False)])
+    crops = np.stack(
+        [image[:, r - w // 2 : r + w // 2 + 1, c - w // 2 : c + w // 2 + 1] for r, c in zip(r0, c0, strict=False)]
+    )
     fits = fit_beads(
         crops, np.c_[r0, c0], np.c_[truth["rows"], truth["cols"]], lens, planes_um=planes, z_init_um=np.zeros(4)
     )
