@@ -108,11 +108,11 @@ def _write_forward_model(result: BeadModelFit, out: Path) -> Path:
 
 
 def _validate(result: BeadModelFit, stacks, model_path: Path, device: str) -> dict:
-    """Bead widths before/after on the held-out beads (all fitted beads when none are held out)."""
+    """Bead widths before/after on the held-out beads (all fitted beads when fewer than 5 are held out)."""
     from optisim.cli._options import resolve_device
 
     fits = result.fits
-    use = result.holdout if result.holdout.any() else np.ones(len(fits), dtype=bool)
+    use = result.holdout if result.holdout.sum() >= 5 else np.ones(len(fits), dtype=bool)
     planes, backgrounds, beads = [], [], []
     for i, (stack, det) in enumerate(zip(stacks, result.detections, strict=True)):
         sel = use & (result.frames == i)

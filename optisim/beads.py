@@ -282,7 +282,7 @@ def render_beads(
     """
     rows, cols = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (rows, cols))
     photons = np.broadcast_to(np.asarray(photons, dtype=float), rows.shape)
-    z_um = np.zeros(rows.shape) if z_um is None else np.broadcast_to(np.asarray(z_um, dtype=float), rows.shape)
+    z_um = np.zeros(rows.shape) if z_um is None else np.broadcast_to(np.asarray(z_um, dtype=float), rows.shape).copy()
     modes = lens.aberrations.modes()
     model = BeadModel(
         lens, modes, size=size, planes_um=planes_um, bead_diameter_um=bead_diameter_um, oversample=oversample,

@@ -127,7 +127,7 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
     from calibration.optics import Optics
     from calibration.pipeline import ModelConfig
 
-    logging.getLogger("tifffile").setLevel(logging.ERROR)  # vendor tags in microscope TIFFs are not our concern
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its messages on odd or broken files: our errors say it
     o = opts
     optics = Optics(pixel_um=o["pixel_size"], z_step_um=o["z_step"], wavelength_um=o["wavelength"], na=o["na"],
                     immersion_index=o["immersion_index"], lens=o["design_lens"])  # fmt: skip
