@@ -28,14 +28,7 @@ TINY_NETWORK = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", 
 TINY_NETWORK += ["--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The bead fit runs many small tensor operations: on a busy 2-core machine two torch threads make it about
-    ten times slower than one. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def invoke(*args):

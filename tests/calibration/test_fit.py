@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from calibration.field import fit_field, monomials, resolve_signs
 from calibration.fit import FitConfig, even_modes, fit_beads
@@ -33,11 +32,13 @@ def _terms(field_model: FieldModel) -> dict:
     return out
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
-def synthetic():
+def synthetic(one_torch_thread):
     """50 beads on a 512x512 sensor, defocus, astigmatism and coma over the field, Poisson-Gaussian camera noise
     (20 e- background, 2 e- read noise, gain 1, offset 100 ADU), fitted by the pipeline."""
-    torch.set_num_threads(2)
     lens = load_preset("default").replace(aberrations=TRUE_FIELD)
     image, truth = simulate_bead_image(lens, 50, rng=np.random.default_rng(1), photons=(3e4, 1e5), size=41)
     stack = BeadStack(image, Path("synthetic.tif"), 0.25, None, 65535.0, {})

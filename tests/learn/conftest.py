@@ -3,7 +3,6 @@
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from optisim.dataset import DatasetConfig, write_dataset
 from optisim.lens import load_preset
@@ -31,16 +30,6 @@ def other_train_data(train_files, tmp_path_factory):
     config = DatasetConfig(n=16, size=32, seed=1, kernel_size=15, grid=(5, 5))
     write_dataset(path, train_files.lens_obj, make_source("synthetic"), config, progress=False)
     return path
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Train with one torch thread, as the subprocesses of the CLI tests (``OMP_NUM_THREADS=1``): tiny models run
-    several times faster so on a busy 2-core machine, and in-process and subprocess runs do the same arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---- a trained checkpoint (test_infer.py, test_evaluate.py) ----------------------------------------------------------

@@ -20,14 +20,7 @@ MODES = [(2, 0), (2, 2), (3, 1)]
 SPHERE_FIRST_ZERO = 4.493409457909064  # first positive root of tan q = q
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Many small tensor operations (gradcheck above all): on a busy 2-core machine two torch threads make them
-    several times slower than one. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
