@@ -24,7 +24,7 @@ import numpy as np
 from calibration.io import read_bead_files
 from calibration.network import NetworkConfig, train_network, width_validation
 from calibration.optics import Optics, nominal_lens
-from calibration.pipeline import BeadModelFit, ModelConfig, fit_model
+from calibration.pipeline import BeadModelFit, ModelConfig, fit_indices, fit_model
 from optisim.zernike import mode_name, nm_to_noll
 
 __all__ = ["CalibrateConfig", "calibrate"]
@@ -222,13 +222,8 @@ def _model_summary(result: BeadModelFit, forward: Path) -> dict:
 
 def _write_beads_csv(path: Path, result: BeadModelFit) -> None:
     """Every candidate (detection columns), joined with its fit where it was fitted (fit columns, else empty)."""
-    fitted = {}
     table = _fits_table(result)
-    k = 0
-    for det in result.detections:
-        for b in det.kept:
-            fitted[(b.frame, b.index)] = table[k]
-            k += 1
+    fitted = {key: table[k] for key, k in fit_indices(result.detections).items()}
     rows = []
     for det in result.detections:
         for b in det.beads:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from calibration.pipeline import BeadModelFit, centred_psfs
+from calibration.pipeline import BeadModelFit, centred_psfs, fit_indices
 from calibration.report import ReportData
 from optisim.beads import BeadModel
 from optisim.field import field_grid, pixel_to_field
@@ -65,12 +65,7 @@ def report_data(result: BeadModelFit, stacks, summary: dict, network: dict) -> R
         eigen = model.kernels
         weights = np.moveaxis(model.coefficients, -1, 0)
     beads = []
-    kept = {}
-    k = 0
-    for det in result.detections:
-        for b in det.kept:
-            kept[(b.frame, b.index)] = k
-            k += 1
+    kept = fit_indices(result.detections)
     for det in result.detections:
         for b in det.beads:
             row = b.to_dict()

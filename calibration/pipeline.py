@@ -30,7 +30,7 @@ from calibration.optics import check_bead_width
 from optisim.field import pixel_to_field
 from optisim.lens import Lens, load_lens
 
-__all__ = ["FIELD_MODELS", "BeadModelFit", "ModelConfig", "detect_all", "fit_model"]
+__all__ = ["FIELD_MODELS", "BeadModelFit", "ModelConfig", "detect_all", "fit_indices", "fit_model"]
 
 FIELD_MODELS = ("auto", "parametric", "empirical")
 MAX_WINDOW = 63
@@ -159,17 +159,21 @@ def auto_degree(n: int) -> int:
     return 0
 
 
+def fit_indices(detections) -> dict:
+    """``{(frame, bead index): row of the fits}`` for the kept beads, in the order :func:`fit_model` fits them."""
+    kept = [(b.frame, b.index) for det in detections for b in det.kept]
+    return {key: k for k, key in enumerate(kept)}
+
+
 def _reject_poor_fits(detections, correlation, limit: float) -> None:
     """Mark the kept beads whose fit correlation is below ``limit`` as rejected (in detection order)."""
-    k = 0
+    index = fit_indices(detections)
     for det in detections:
         for i, bead in enumerate(det.beads):
-            if bead.status != "kept":
-                continue
-            if correlation[k] < limit:
+            k = index.get((bead.frame, bead.index))
+            if k is not None and correlation[k] < limit:
                 reason = f"poor fit (correlation {correlation[k]:.2f} < {limit:g})"
                 det.beads[i] = replace(bead, status="rejected", reason=reason)
-            k += 1
 
 
 def _holdout(n: int, config: ModelConfig, degree: int) -> np.ndarray:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -117,14 +116,13 @@ class _Data:
     def _simulated(self, sim: SimulateConfig):
         from optisim.lens import load_lens
         from optisim.noise import CameraNoise
-        from optisim.psfmodel import read_psf_model
+        from optisim.psfmodel import model_digest, read_psf_model
         from optisim.samples import SampleGenerator, make_source
 
         model, extra = None, {}
         if sim.psf_model is not None:
             self.lens, model = read_psf_model(sim.psf_model)
-            digest = hashlib.sha256(model.kernels.tobytes() + model.coefficients.tobytes()).hexdigest()[:16]
-            extra = {"psf_model_sha256": digest}
+            extra = {"psf_model_sha256": model_digest(model)}
         else:
             self.lens = load_lens(sim.lens)
         noise = None if sim.noise is None else CameraNoise.from_dict(sim.noise)
