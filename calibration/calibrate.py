@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.io import read_bead_files
-from calibration.network import NetworkConfig, train_network, width_validation
+from calibration.network import NetworkConfig, bead_planes, train_network, width_validation
 from calibration.optics import Optics, nominal_lens
 from calibration.pipeline import BeadModelFit, ModelConfig, fit_indices, fit_model
 from optisim.zernike import mode_name, nm_to_noll
@@ -54,7 +54,7 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} is not empty; use --overwrite to replace its calibration or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    total = 5 if config.network.enabled else 3
+    total = (5 + config.network.finetune_beads) if config.network.enabled else 3
     t0 = time.perf_counter()
     _stage(echo, 1, total, "reading the bead images")
     o = config.optics
@@ -71,18 +71,7 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
     result.seconds["model_total"] = time.perf_counter() - t0
     network = {}
     if config.network.enabled:
-        _stage(echo, 3, total, f"training the network on data simulated with {forward.name}")
-        t = time.perf_counter()
-        model_path, summary = train_network(forward, result.kind, config.network, out, progress=progress, echo=echo)
-        result.seconds["network_training"] = time.perf_counter() - t
-        _stage(echo, 4, total, "validating on the beads: width before and after deblurring")
-        network = {"checkpoint": model_path.name, "training": summary}
-        network["bead_width"] = _validate(result, stacks, model_path, config.network.device)
-        w = network["bead_width"]
-        echo(
-            f"  median bead FWHM {w['median_before']:.2f} -> {w['median_after']:.2f} px, "
-            f"spread (IQR) {w['iqr_before']:.2f} -> {w['iqr_after']:.2f} px"
-        )
+        network = _network(result, stacks, forward, config, out, total, progress=progress, echo=echo)
     _stage(echo, total, total, "writing calibration.json, beads.csv and report.html")
     summary = _summary(result, config, stacks, forward, network)
     summary["seconds"] = {k: round(v, 3) for k, v in result.seconds.items()}
@@ -107,31 +96,56 @@ def _write_forward_model(result: BeadModelFit, out: Path) -> Path:
     )  # fmt: skip
 
 
-def _validate(result: BeadModelFit, stacks, model_path: Path, device: str) -> dict:
+def _network(result: BeadModelFit, stacks, forward: Path, config: CalibrateConfig, out: Path, total: int, *,
+             progress, echo) -> dict:  # fmt: skip
+    """Stages 3 to 5: train on simulated data, optionally fine-tune on the beads, validate on held-out beads."""
+    net = config.network
+    _stage(echo, 3, total, f"training the network on data simulated with {forward.name}")
+    t = time.perf_counter()
+    model_path, summary = train_network(forward, result.kind, net, out, progress=progress, echo=echo)
+    result.seconds["network_training"] = time.perf_counter() - t
+    planes = bead_planes(result, stacks)
+    network = {"checkpoint": model_path.name, "training": summary}
+    if net.finetune_beads:
+        from calibration.finetune import bead_pairs, finetune_on_beads
+        from optisim.cli._options import resolve_device
+
+        network["bead_width_simulated"] = _validate(result, planes, model_path, net.device)
+        _stage(echo, 4, total, f"fine-tuning on the bead images ({net.bead_steps} steps, ideal beads as targets)")
+        f = config.model.fit
+        pairs = bead_pairs(result, planes, bead_diameter_um=f.bead_diameter_um, oversample=f.oversample,
+                           modality=f.modality)  # fmt: skip
+        network["bead_finetune"] = finetune_on_beads(
+            model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
+            batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
+        )  # fmt: skip
+        result.seconds["bead_finetune"] = network["bead_finetune"]["seconds"]
+        r = network["bead_finetune"]
+        echo(f"  {r['beads']} beads; masked loss {r['loss_first']:.3g} -> {r['loss_last']:.3g}")
+    _stage(echo, total - 1, total, "validating on the beads: width before and after deblurring")
+    w = network["bead_width"] = _validate(result, planes, model_path, net.device)
+    if net.finetune_beads:
+        if w["beads"] != "held out":
+            echo("  warning: fewer than 5 beads held out; the widths after fine-tuning include its training beads")
+        s = network["bead_width_simulated"]
+        echo(f"  after simulated training only: median FWHM {s['median_after']:.2f} px, IQR {s['iqr_after']:.2f} px")
+    echo(
+        f"  median bead FWHM {w['median_before']:.2f} -> {w['median_after']:.2f} px, "
+        f"spread (IQR) {w['iqr_before']:.2f} -> {w['iqr_after']:.2f} px"
+    )
+    return network
+
+
+def _validate(result: BeadModelFit, planes, model_path: Path, device: str) -> dict:
     """Bead widths before/after on the held-out beads (all fitted beads when fewer than 5 are held out)."""
     from optisim.cli._options import resolve_device
 
     fits = result.fits
     use = result.holdout if result.holdout.sum() >= 5 else np.ones(len(fits), dtype=bool)
-    planes, backgrounds, beads = [], [], []
-    for i, (stack, det) in enumerate(zip(stacks, result.detections, strict=True)):
-        sel = use & (result.frames == i)
-        plane = _best_plane(stack, fits.z_um[sel] if fits.z_um is not None else None)
-        planes.append(stack.data[plane])
-        backgrounds.append(det.background)
-        peaks = [b.peak for b in det.kept]
-        beads.append((fits.rows[sel], fits.cols[sel], np.asarray(peaks)))
-    window = result.fits.data.shape[-1]
-    return width_validation(model_path, planes, backgrounds, beads, window=window, device=resolve_device(device))
-
-
-def _best_plane(stack, z_um) -> int:
-    """The plane nearest the beads' median focus (0 for a 2D image); a bead at ``z`` is in focus at plane
-    position ``-z`` (:mod:`optisim.beads`)."""
-    if stack.data.shape[0] == 1 or z_um is None or not len(z_um):
-        return 0
-    centre = (stack.data.shape[0] - 1) / 2
-    return int(np.clip(round(centre - float(np.median(z_um)) / stack.z_step_um), 0, stack.data.shape[0] - 1))
+    beads = [(fits.rows[use & (result.frames == i)], fits.cols[use & (result.frames == i)]) for i in range(len(planes))]
+    widths = width_validation(model_path, planes, beads, window=fits.data.shape[-1], device=resolve_device(device))
+    widths["beads"] = "held out" if result.holdout.sum() >= 5 else "all fitted (fewer than 5 held out)"
+    return widths
 
 
 def _fits_table(result: BeadModelFit) -> list[dict]:

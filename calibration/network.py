@@ -6,9 +6,10 @@ the calibrated lens file or the empirical PSF model file, with sharp images from
 generator, or a folder of sharp images). ``init`` fine-tunes a given checkpoint (its architecture is kept).
 
 Bead images are brought to the network's intensity scale (1 = a bright scene's peak) by removing the detection's
-background map and dividing by the 90th percentile of the kept beads' peaks. Widths are measured with
-:func:`calibration.detect.bead_fwhm` (an elliptical Gaussian fit; the geometric mean of the major- and
-minor-axis FWHM) at the fitted bead positions, on the raw and on the deblurred image.
+background map and dividing by the 90th percentile of the kept beads' peaks (:class:`BeadPlane`).
+Widths are measured with :func:`calibration.measure.bead_fwhm` (an elliptical Gaussian fit; the geometric mean of the
+major- and minor-axis FWHM) at the fitted bead positions, on the raw and on the deblurred image. With
+``finetune_beads`` the network is then fine-tuned on the beads themselves (:mod:`calibration.finetune`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.detect import bead_fwhm
+from calibration.measure import bead_fwhm
 from optisim.noise import CameraNoise
 
-__all__ = ["NetworkConfig", "normalise_beads", "train_network", "width_validation"]
+__all__ = ["BeadPlane", "NetworkConfig", "bead_planes", "best_plane", "train_network", "width_validation"]
 
 
 def _default_noise() -> dict:
@@ -31,7 +32,11 @@ def _default_noise() -> dict:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """How the network is calibrated (``enabled=False`` skips training and the width validation)."""
+    """How the network is calibrated (``enabled=False`` skips training and the width validation).
+
+    ``finetune_beads`` adds step 3, fine-tuning on the bead images with ideal beads as targets
+    (:mod:`calibration.finetune`): ``bead_steps`` Adam steps at ``bead_lr`` on tiles of ``bead_tile`` pixels.
+    """
 
     enabled: bool = True
     init: str | None = None
@@ -48,6 +53,10 @@ class NetworkConfig:
     noise: dict | None = field(default_factory=_default_noise)
     device: str = "auto"
     seed: int = 0
+    finetune_beads: bool = False
+    bead_steps: int = 200
+    bead_lr: float = 1e-4
+    bead_tile: int = 64
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,20 +106,48 @@ def train_network(forward_file: Path, kind: str, config: NetworkConfig, out: Pat
     return model_path, summary
 
 
-def normalise_beads(image, background, peaks) -> np.ndarray:
-    """``(image - background) / p90(peaks)``: a bead image in the network's normalised intensity, float32."""
-    scale = float(np.percentile(np.asarray(peaks, dtype=float), 90)) if len(peaks) else 1.0
-    return ((np.asarray(image, dtype=np.float64) - background) / max(scale, 1e-12)).astype(np.float32)
+@dataclass
+class BeadPlane:
+    """One input image as the network sees it: ``image`` (Y, X), the plane nearest the beads' focus (the image
+    itself for 2D), its ``background`` map (Y, X) (image units), and ``scale``, the image units of intensity 1 (the
+    90th percentile of the kept beads' peaks above background)."""
+
+    image: np.ndarray
+    background: np.ndarray
+    scale: float
+
+    def normalised(self) -> np.ndarray:
+        """``(image - background) / scale``: the network's normalised intensity, (Y, X) float32."""
+        return ((np.asarray(self.image, dtype=np.float64) - self.background) / self.scale).astype(np.float32)
 
 
-def width_validation(model_path, planes, backgrounds, beads_per_plane, *, window: int, device="cpu") -> dict:
+def best_plane(stack, z_um) -> int:
+    """The plane nearest the beads' median focus (0 for a 2D image); a bead at ``z`` (µm) is in focus at plane
+    position ``-z`` (:mod:`optisim.beads`)."""
+    if stack.data.shape[0] == 1 or z_um is None or not len(z_um):
+        return 0
+    centre = (stack.data.shape[0] - 1) / 2
+    return int(np.clip(round(centre - float(np.median(z_um)) / stack.z_step_um), 0, stack.data.shape[0] - 1))
+
+
+def bead_planes(result, stacks) -> list[BeadPlane]:
+    """The :class:`BeadPlane` of every input image of a calibration (``result``: a ``BeadModelFit``)."""
+    planes = []
+    for i, (stack, det) in enumerate(zip(stacks, result.detections, strict=True)):
+        z = result.fits.z_um[result.frames == i] if result.fits.z_um is not None else None
+        peaks = np.asarray([b.peak for b in det.kept], dtype=float)
+        scale = max(float(np.percentile(peaks, 90)), 1e-12) if len(peaks) else 1.0
+        planes.append(BeadPlane(stack.data[best_plane(stack, z)], det.background, scale))
+    return planes
+
+
+def width_validation(model_path, planes, beads_per_plane, *, window: int, device="cpu") -> dict:
     """Bead FWHM before and after deblurring each plane with the network of ``model_path``.
 
     Parameters
     ----------
-    planes : list of (Y, X) arrays, the bead images (one plane per input file)
-    backgrounds : list of (Y, X) arrays, their background maps
-    beads_per_plane : list of (rows (K,), cols (K,), peaks (K,)) arrays: the validation beads of each plane
+    planes : list of BeadPlane (:func:`bead_planes`), one per input image
+    beads_per_plane : list of (rows (K,), cols (K,)) arrays, pixels: the validation beads of each plane
     window : int, FWHM fit window (pixels)
 
     Returns
@@ -123,10 +160,10 @@ def width_validation(model_path, planes, backgrounds, beads_per_plane, *, window
 
     model, _, _ = load_model(model_path, device=device)
     rows, cols, before, after = [], [], [], []
-    for plane, background, (r, c, peaks) in zip(planes, backgrounds, beads_per_plane, strict=True):
+    for plane, (r, c) in zip(planes, beads_per_plane, strict=True):
         if not len(r):
             continue
-        norm = normalise_beads(plane, background, peaks)
+        norm = plane.normalised()
         sharp = deblur_image(model, norm, tile=256 if max(norm.shape) > 512 else None, overlap=32)
         positions = np.stack([r, c], axis=1)
         before.append(bead_fwhm(norm, positions, window=window)[:, 2])

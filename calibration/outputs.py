@@ -94,6 +94,7 @@ def report_data(result: BeadModelFit, stacks, summary: dict, network: dict) -> R
         fwhm_before=widths.get("before"),
         fwhm_after=widths.get("after"),
         fwhm_positions=np.stack([widths["rows"], widths["cols"]], axis=1) if widths else None,
+        fwhm_simulated=(network.get("bead_width_simulated") or {}).get("after") if widths else None,
         eigen_psfs=eigen,
         weight_maps=weights,
         summary={k: v for k, v in summary.items() if k not in ("fits", "inputs", "settings")},

@@ -3,7 +3,8 @@
 Stages (each reports its progress and its time):
 
 1. read the bead files (:mod:`calibration.io`) and set up the nominal optics (:mod:`calibration.optics`);
-2. detect the beads and cut their crops (:mod:`calibration.detect`); the fit window grows with the widest beads;
+2. detect the beads (:mod:`calibration.detect`) and cut their crops (:mod:`calibration.measure`); the fit window
+   grows with the widest beads;
 3. fit every bead (:mod:`calibration.fit`); in 2D, resolve the sign of even aberrations across the field;
 4. fit the field model: parametric (:mod:`calibration.field`, a calibrated lens file) or empirical (eigen-PSFs
    with smooth weight maps, :mod:`optisim.psfmodel`); ``auto`` takes the empirical model when the Zernike fits
@@ -22,10 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from calibration.detect import DetectConfig, Detection, bead_fwhm, check_detection, detect_beads, extract_crops
+from calibration.detect import DetectConfig, Detection, check_detection, detect_beads
 from calibration.field import FieldFit, fit_field, monomials, resolve_signs
 from calibration.fit import BeadFits, FitConfig, fit_beads
 from calibration.io import BeadStack
+from calibration.measure import bead_fwhm, extract_crops
 from calibration.optics import check_bead_width
 from optisim.field import pixel_to_field
 from optisim.lens import Lens, load_lens
@@ -115,9 +117,22 @@ def detect_all(stacks, lens: Lens, config: ModelConfig, *, echo=print) -> tuple[
         if want > window:
             echo(f"  beads up to {np.percentile(finite, 90):.1f} px wide: detecting again with a {want} px window")
             detections, window = _detect(stacks, cfg, sigma, want), want
+    _hint_dense(detections, cfg, window, echo)
     ratio = check_bead_width(finite, lens, config.fit.modality) if len(finite) else float("nan")
     info = {"fwhm_px_median": float(np.median(finite)) if len(finite) else None, "diffraction_ratio": ratio}
     return detections, window, info
+
+
+def _hint_dense(detections, cfg: DetectConfig, window: int, echo) -> None:
+    """Say how to keep more beads when a third or more of the candidates are rejected as too close."""
+    close = sum(b.category == "too close" for d in detections for b in d.beads)
+    total = sum(len(d.beads) for d in detections)
+    if total and close >= total / 3:
+        sep = 0.75 * window if cfg.min_separation is None else cfg.min_separation
+        echo(
+            f"  note: {close} of {total} candidates are within {sep:.0f} px of another and rejected as too close; "
+            "for dense beads pass a smaller --window and --min-separation (neighbours then share a crop)"
+        )
 
 
 def _detect(stacks, cfg: DetectConfig, sigma: float, window) -> list[Detection]:
@@ -261,14 +276,46 @@ def _empirical(result: BeadModelFit, config: ModelConfig) -> None:
     fits, keep = result.fits, ~result.holdout
     psfs = centred_psfs(fits)
     hx, hy = pixel_to_field(fits.rows, fits.cols, result.lens.sensor_shape)
+    rank, errors = empirical_rank(psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, config)
     model = eigen_psfs_from_samples(
-        psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, grid=config.empirical_grid
+        psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, rank=rank, grid=config.empirical_grid
     )
     result.psf_model, result.empirical_psfs = model, psfs
+    result.validation["rank"] = {"rank": rank, "cross_validated_error": errors}
     if result.holdout.any():
         predicted = model.psfs_at(hx[result.holdout], hy[result.holdout])
         corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(psfs[result.holdout], predicted, strict=True)]
         result.validation["holdout"] = {"beads": int(result.holdout.sum()), "psf_correlation": _stats(np.array(corr))}
+
+
+def empirical_rank(psfs, hy, hx, sensor_shape, config: ModelConfig, *, folds: int = 5) -> tuple[int, list]:
+    """The number of eigen-PSFs that predicts unseen beads best: ``folds``-fold cross-validation over the beads.
+
+    Measured PSFs are noisy, so a rank chosen by how well the eigen-PSFs reproduce the beads they came from keeps
+    fitting noise (every added eigen-PSF lowers that error). Here each fold's beads are predicted by a model built from
+    the other beads (:func:`optisim.psfmodel.eigen_psfs_from_samples` at each rank), and the rank with the smallest
+    relative error ``||predicted - measured|| / ||measured||`` (Frobenius, over all beads) is chosen.
+
+    Returns the rank and the cross-validated error of ranks 1, 2, ... (a list).
+    """
+    from optisim.psfmodel import eigen_psfs_from_samples
+
+    n = len(psfs)
+    folds = min(folds, n)
+    if folds < 2 or n < 6:
+        return min(n, 3), []
+    order = np.random.default_rng(config.seed).permutation(n)
+    parts = [order[k::folds] for k in range(folds)]
+    max_rank = min(n - max(len(p) for p in parts), 20)
+    squared = np.zeros(max_rank)
+    for test in parts:
+        train = np.setdiff1d(order, test)
+        for k in range(1, max_rank + 1):
+            model = eigen_psfs_from_samples(psfs[train], hy[train], hx[train], sensor_shape, rank=k,
+                                            grid=config.empirical_grid)  # fmt: skip
+            squared[k - 1] += ((model.psfs_at(hx[test], hy[test]) - psfs[test]) ** 2).sum()
+    errors = np.sqrt(squared / (psfs**2).sum())
+    return int(np.argmin(errors)) + 1, [float(e) for e in errors]
 
 
 def centred_psfs(fits: BeadFits) -> np.ndarray:

@@ -50,6 +50,8 @@ class ReportData:
     correlation : (N,) float array, per-bead fit correlation
     fwhm_before, fwhm_after : (K,) float arrays or None, FWHM on the raw / deblurred image, pixels (NaN: not measured)
     fwhm_positions : (K, 2) float array or None, (row, col) of the FWHM beads, pixels
+    fwhm_simulated : (K,) float array or None, FWHM deblurred by the network of the simulated training alone (when
+        ``fwhm_after`` is that of the network fine-tuned on the beads), pixels
     eigen_psfs : (E, kh, kw) float array or None, eigen-PSFs of an empirical model
     weight_maps : (E, gy, gx) float array or None, their weights over the sensor grid
     summary : dict, key numbers (nested), shown as tables; files : dict, {description: relative path} to link
@@ -78,6 +80,7 @@ class ReportData:
     weight_maps: np.ndarray | None
     summary: dict
     files: dict
+    fwhm_simulated: np.ndarray | None = None
 
 
 def _array(data: ReportData, name: str, shape: tuple, note: str = "", dtype=float) -> np.ndarray:
@@ -135,6 +138,9 @@ def _validate(data: ReportData) -> dict:
     k = None if data.fwhm_before is None else len(np.atleast_1d(data.fwhm_before))
     for name, shape in (("fwhm_before", (k,)), ("fwhm_after", (k,)), ("fwhm_positions", (k, 2))):
         out[name] = None if k is None else _array(data, name, shape, " (K = len(fwhm_before))")
+    if data.fwhm_simulated is not None and k is None:
+        raise ValueError("fwhm_simulated: given without fwhm_before, fwhm_after and fwhm_positions")
+    out["fwhm_simulated"] = None if data.fwhm_simulated is None else _array(data, "fwhm_simulated", (k,))
     if (data.eigen_psfs is None) != (data.weight_maps is None):
         raise ValueError("eigen_psfs, weight_maps: give both or neither (an empirical model has both)")
     out["eigen_psfs"] = None if data.eigen_psfs is None else _array(data, "eigen_psfs", (None, None, None))
@@ -247,6 +253,15 @@ def _fwhm_text(before: np.ndarray, after: np.ndarray) -> str:
     return f"median {m0} → {m1} px, spread (IQR) {s0} → {s1} px"
 
 
+def _fwhm_caption(d: dict) -> str:
+    text = f" {_fwhm_text(d['fwhm_before'], d['fwhm_after'])}."
+    if d["fwhm_simulated"] is not None:
+        text += (
+            " The network was fine-tuned on the beads; the middle box is the network of the simulated training alone."
+        )
+    return text
+
+
 def _plot_fwhm(d: dict, path: Path) -> None:
     before, after, pos = d["fwhm_before"], d["fwhm_after"], d["fwhm_positions"]
     both = np.concatenate([before, after])
@@ -262,9 +277,11 @@ def _plot_fwhm(d: dict, path: Path) -> None:
         if (~ok).any():
             ax.legend(fontsize=8, loc="upper right")
         fig.colorbar(sc, ax=ax, shrink=0.85, label="FWHM (px)")
-    clean = [v[np.isfinite(v)] for v in (before, after)]
-    axes[2].boxplot(clean, showmeans=False, medianprops={"color": "red"})
-    axes[2].set_xticks([1, 2], ["raw", "deblurred"])
+    columns = [(before, "raw"), (after, "deblurred")]
+    if d["fwhm_simulated"] is not None:
+        columns = [columns[0], (d["fwhm_simulated"], "simulated\ntraining only"), (after, "fine-tuned\non beads")]
+    axes[2].boxplot([v[np.isfinite(v)] for v, _ in columns], showmeans=False, medianprops={"color": "red"})
+    axes[2].set_xticks(range(1, len(columns) + 1), [label for _, label in columns])
     axes[2].set(ylabel="FWHM (px)", title="distribution (red: median)")
     fig.suptitle(f"bead FWHM: {_fwhm_text(before, after)}")
     fig.savefig(path, dpi=DPI)
@@ -430,7 +447,7 @@ def _figures_html(out_dir: Path, d: dict) -> str:
             parts.append(f'<p class="skipped">{name} not drawn: {html.escape(skipped)}.</p>')
             continue
         draw(d, out_dir / name)
-        caption = _CAPTIONS[name] + (f" {_fwhm_text(d['fwhm_before'], d['fwhm_after'])}." if name == "fwhm.png" else "")
+        caption = _CAPTIONS[name] + (_fwhm_caption(d) if name == "fwhm.png" else "")
         parts.append(f'<figure><img src="{name}" alt="{name}"><figcaption>{html.escape(caption)}</figcaption></figure>')
     return "".join(parts)
 

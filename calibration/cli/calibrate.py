@@ -95,6 +95,10 @@ def _network_options(func):
         click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
         click.option("--size", type=click.IntRange(16), default=96, show_default=True, help="Training crop side."),
         click.option("--noise", type=NoiseType(), default="on", show_default=True, help="Training camera noise."),
+        click.option("--finetune-beads", is_flag=True,
+                     help="Then fine-tune on the bead images, with ideal (diffraction-limited) beads as targets."),
+        click.option("--bead-steps", type=click.IntRange(1), default=200, show_default=True,
+                     help="Steps of --finetune-beads."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
                      show_default=True),
     ]  # fmt: skip
@@ -143,7 +147,10 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
         enabled=not o["no_network"], init=o["init"], source=o["source"], model=o["arch"], depth=o["depth"],
         width=o["width"], epochs=o["epochs"], steps_per_epoch=o["steps_per_epoch"], batch_size=o["batch_size"],
         size=o["size"], noise=None if noise is None else noise.to_dict(), device=o["device"], seed=seed,
+        finetune_beads=o["finetune_beads"], bead_steps=o["bead_steps"],
     )  # fmt: skip
+    if o["finetune_beads"] and o["no_network"]:
+        raise click.UsageError("--finetune-beads fine-tunes the network; it cannot go with --no-network")
     config = CalibrateConfig(optics=optics, model=model, network=network, dataset=o["dataset"], channel=o["channel"])
     summary = run([str(p) for p in beads], output, config=config, overwrite=overwrite, progress=not quiet,
                   echo=click.echo)  # fmt: skip

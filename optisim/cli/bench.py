@@ -8,7 +8,10 @@ from optisim.cli import LazyGroup
 from optisim.cli._options import resolve_device
 
 
-@click.group(cls=LazyGroup, lazy_subcommands={"learn": "learn.cli.bench:bench_learn"})
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands={"calibrate": "calibration.cli.bench:bench_calibrate", "learn": "learn.cli.bench:bench_learn"},
+)
 def bench():
     """Benchmarks (they print figures; nothing is asserted)."""
 

@@ -9,15 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.detect import (
+from calibration.detect import Bead, DetectConfig, Detection, beads_table, check_detection, detect_beads
+from calibration.measure import (
     FWHM_PER_SIGMA,
-    Bead,
-    DetectConfig,
-    Detection,
     bead_fwhm,
-    beads_table,
-    check_detection,
-    detect_beads,
     estimate_background,
     estimate_noise,
     estimate_psf_sigma,
@@ -98,6 +93,39 @@ def test_detection_is_deterministic():
     rng = np.random.default_rng(3)
     image = spots_image((96, 96), grid_positions(rng, 3, 30, 18), 400.0, rng=rng)
     assert detect_beads(image).beads == detect_beads(image).beads
+
+
+@pytest.mark.parametrize("z_um", [8.0, 12.0])
+def test_a_defocus_ring_is_one_bead(z_um, monkeypatch):
+    """A bead 8 or 12 µm out of focus (NA 0.5: a ring with several local maxima) is one candidate at its centre."""
+    from calibration import detect
+    from optisim.aberrations import FieldModel
+    from optisim.beads import render_beads
+    from optisim.lens import load_preset
+
+    lens = load_preset("default").replace(sensor_shape=(96, 96), aberrations=FieldModel())
+    image = render_beads(lens, [47.3], [48.6], photons=2e5, z_um=[z_um], size=63)[0] + 20
+    image = np.random.default_rng(0).poisson(image).astype(float)
+    config = DetectConfig(sigma_px=0.88, window=31)
+    det = detect_beads(image, config)
+    assert len(det.beads) == 1 and len(det.kept) == 1
+    assert math.hypot(det.kept[0].y - 47.3, det.kept[0].x - 48.6) < 0.5
+    monkeypatch.setattr(detect, "MIN_SYMMETRY", 2.0)  # joining off: the ring's maxima are separate candidates
+    assert len(detect_beads(image, config).beads) >= 3
+
+
+def test_a_cluster_of_beads_is_not_joined():
+    """Three spots in a triangle, joined by ridges but not point-symmetric: three candidates, all too close."""
+    image = spots_image(
+        (64, 64),
+        [(30, 30), (30, 35), (34.5, 32.5)],
+        [400.0] * 3,
+        sigma=1.2,
+        background=10.0,
+        rng=np.random.default_rng(1),
+    )
+    det = detect_beads(image, DetectConfig(sigma_px=1.2, window=15))
+    assert len(det.beads) == 3 and all(b.reason.startswith("too close") for b in det.beads)
 
 
 # ---- rejections ---------------------------------------------------------------------------------------------------

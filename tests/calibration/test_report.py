@@ -150,6 +150,14 @@ def test_bead_residual_sampling_is_exact_for_a_linear_map():
     )
 
 
+def test_fwhm_after_simulated_training_alone(tmp_path):
+    data = make_data()
+    text = write_report(tmp_path, dataclasses.replace(data, fwhm_simulated=data.fwhm_after + 1.0)).read_text()
+    check_png(tmp_path / "fwhm.png")
+    assert "the simulated training alone" in text
+    assert "the simulated training alone" not in write_report(tmp_path, data).read_text()
+
+
 def test_all_nan_after_fwhm_says_not_available(tmp_path):
     text = write_report(tmp_path, dataclasses.replace(make_data(), fwhm_after=np.full(12, np.nan))).read_text()
     check_png(tmp_path / "fwhm.png")
@@ -168,6 +176,11 @@ def test_all_nan_after_fwhm_says_not_available(tmp_path):
         ({"image": np.zeros((2, 3, 4))}, r"image: expected shape \(\*, \*\)"),
         ({"fwhm_after": None}, r"give all three or none, got None for \['fwhm_after'\]"),
         ({"fwhm_positions": np.zeros((12, 3))}, r"fwhm_positions: expected shape \(12, 2\)"),
+        ({"fwhm_simulated": np.zeros(11)}, r"fwhm_simulated: expected shape \(12\)"),
+        (
+            {"fwhm_simulated": np.zeros(12), "fwhm_before": None, "fwhm_after": None, "fwhm_positions": None},
+            r"fwhm_simulated: given without",
+        ),
         ({"eigen_psfs": np.zeros((2, 5, 5))}, r"eigen_psfs, weight_maps: give both"),
         ({"sensor_shape": (128,)}, r"sensor_shape: expected \(ny, nx\)"),
         ({"pixel_um": -1.0}, r"pixel_um: expected a positive"),
