@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/optisim demo -o demo
+	$(BIN)/optisim demo -o demo --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -67,7 +67,7 @@ def _debug(ctx) -> bool:
         "calibrate": "calibration.cli.calibrate:calibrate",
         "dataset": "optisim.cli.dataset:dataset",
         "deblur": "learn.cli.deblur:deblur",
-        "demo": "optisim.cli.demo:demo",
+        "demo": "calibration.cli.demo:demo",
         "evaluate": "learn.cli.evaluate:evaluate",
         "experiment": "learn.cli.experiment:experiment",
         "lens": "optisim.cli.lens:lens",
