@@ -121,6 +121,7 @@ def plot_fig4b(result: dict, path) -> Path:
     baselines = [r for r in result["results"] if r["kind"] == "baseline"]
     for r, (shade, dash) in zip(baselines, BASELINE_STYLES, strict=False):
         ax.axhline(r["psnr"], color=shade, ls=dash, lw=1.2, label=f"{r['method']} ({r['psnr']:.2f} dB)")
+    ax.margins(x=0.12)  # room for the labels of the outermost models
     ax.set_xlabel("log10(number of parameters)")
     ax.set_ylabel("PSNR on the held-out test images (dB)")
     c = result["config"]
