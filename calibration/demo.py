@@ -47,6 +47,7 @@ from calibration.calibrate import CalibrateConfig, _jsonable, calibrate
 from calibration.network import NetworkConfig
 from calibration.optics import Optics
 from calibration.pipeline import ModelConfig as CalibrationModelConfig
+from optisim._threads import torch_threads
 from optisim.demo import forward_stage, lens_stage
 
 __all__ = ["FULL", "MODELS", "QUICK", "DemoSizes", "field_terms", "instrument_lens", "run_demo"]
@@ -163,26 +164,9 @@ def run_demo(
     threads : int or None, torch's CPU threads during the run (restored afterwards); None keeps torch's setting
     echo : callable(str), progress lines and the final summary; progress : bool, progress bars
     """
-    with _torch_threads(threads):
+    with torch_threads(threads):
         return _run(Path(output_dir), quick=quick, device=device, seed=seed, overwrite=overwrite, echo=echo,
                     progress=progress)  # fmt: skip
-
-
-@contextmanager
-def _torch_threads(threads):
-    import torch
-
-    if threads is None:
-        yield
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive number of CPU threads or None, got {threads!r}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(output_dir: Path, *, quick, device, seed, overwrite, echo, progress) -> dict:

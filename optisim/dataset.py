@@ -53,6 +53,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from optisim._threads import torch_threads
 from optisim._version import __version__
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_for
@@ -407,18 +408,6 @@ _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THR
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def _environment(values: dict):
     before = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -459,7 +448,7 @@ def _generate(gen: SampleGenerator, blocks: list[list[int]], workers: int, dask)
         with _environment(_ONE_THREAD):  # read by the worker processes when they start
             yield from _generate_processes(gen, blocks, workers)
     else:
-        with _torch_threads(1):
+        with torch_threads(1):
             for b in blocks:
                 yield _generate_block(gen, b)
 

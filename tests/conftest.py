@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from optisim._threads import torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -11,7 +12,5 @@ def one_torch_thread():
     """One torch thread for the module, restored afterwards. Tiny models and the bead fit run many small tensor
     operations, which two threads make several times slower on a busy 2-core machine; the CLI tests' subprocesses
     (``OMP_NUM_THREADS=1``) then do the same arithmetic as in-process runs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from optisim._threads import torch_threads
 from optisim.cli._options import resolve_device
 
 QUICK = {"steps": 300, "samples": 1000, "repeat": 5}
@@ -79,7 +80,6 @@ def conv1d_cmd(output, steps, samples, seed, models, quick, device, threads):
     Prints a table of parameters, validation PSNR (10 log10(1/MSE)) and inference time per model, and writes the
     figure (H and each learned matrix; PSNR against inference time), the numbers (JSON) and the matrices (npz).
     """
-    import torch
 
     from learn.experiments.conv1d import (
         DEFAULT_BATCH,
@@ -97,15 +97,14 @@ def conv1d_cmd(output, steps, samples, seed, models, quick, device, threads):
     samples = samples or (QUICK["samples"] if quick else 10000)
     repeat = QUICK["repeat"] if quick else 20
     dev = resolve_device(device)
-    bars, previous = _Bars(), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    bars = _Bars()
     try:
-        results = run_conv1d(
-            models=specs, n_samples=samples, steps=steps, seed=seed, device=dev, progress=bars, repeat=repeat
-        )
+        with torch_threads(threads):
+            results = run_conv1d(
+                models=specs, n_samples=samples, steps=steps, seed=seed, device=dev, progress=bars, repeat=repeat
+            )
     finally:
         bars.close()
-        torch.set_num_threads(previous)
     config = {
         "models": [model_name(s) for s in specs],
         "n_samples": samples,
@@ -172,7 +171,6 @@ def deblur2d_cmd(output, source, scale, quick, models, device, seed, threads, qu
     held-out test images (PSNR, SSIM, centre and edge PSNR, parameters, inference time). Prints the table and the
     test of the paper's claim; writes results.json, table.md and fig4b.png.
     """
-    import torch
 
     from learn.experiments.deblur2d import make_config, run_deblur2d
     from learn.experiments.deblur2d_report import claim_line, format_deblur2d, save_deblur2d
@@ -180,12 +178,8 @@ def deblur2d_cmd(output, source, scale, quick, models, device, seed, threads, qu
     changes = {"models": models} if models else {}
     dev = str(resolve_device(device))
     config = make_config(scale=scale, quick=quick, source=source, seed=seed, device=dev, **changes)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         result = run_deblur2d(config, progress=not quiet, echo=click.echo)
-    finally:
-        torch.set_num_threads(previous)
     paths = save_deblur2d(result, output)
     click.echo(format_deblur2d(result))
     click.echo(claim_line(result["claim"]))

@@ -155,19 +155,3 @@ def test_field_terms_sum_each_monomial():
     assert rows[(8, 1, 0)]["true"] == 0.2 and rows[(7, 0, 1)]["true"] == 0.2  # coma C hx, C hy
     with pytest.raises(ValueError, match=r"expected waves RMS at the fit's 0\.6 µm"):
         field_terms(truth, {**fitted, "wavelength_um": 0.6})
-
-
-def test_torch_threads_are_set_for_the_run_and_restored():
-    import torch
-
-    from calibration.demo import _torch_threads
-
-    previous = torch.get_num_threads()
-    with _torch_threads(2):
-        assert torch.get_num_threads() == 2
-    assert torch.get_num_threads() == previous
-    with _torch_threads(None):
-        assert torch.get_num_threads() == previous
-    with pytest.raises(ValueError, match="threads: expected a positive number of CPU threads or None, got 0"):
-        with _torch_threads(0):
-            pass
