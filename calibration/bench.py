@@ -27,10 +27,7 @@ Every function returns plain dicts (figures in µm, pixels, waves RMS and second
 from __future__ import annotations
 
 import math
-import os
-import platform
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,7 @@ from calibration.fit import FitConfig
 from calibration.network import NetworkConfig
 from calibration.optics import Optics
 from calibration.pipeline import ModelConfig
+from learn.bench import machine_info
 from optisim.aberrations import FieldModel
 
 __all__ = [
@@ -51,7 +49,6 @@ __all__ = [
     "case_config",
     "field_term_difference",
     "format_table",
-    "machine_info",
     "real_data_files",
     "run_case",
     "table_rows",
@@ -307,22 +304,6 @@ def run_case(case: str, out, *, path=None, config=None, beads=50, size=512, prog
         "seconds_fit": times.get("fit"),
         "seconds_model": times.get("model_total"),
         **figures,
-    }
-
-
-def machine_info(device="cpu") -> dict:
-    """Platform, CPU count, Python and torch versions, torch threads, the device and the local date-time."""
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
 

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +26,34 @@ from learn.data import H5Pairs
 from learn.evaluate import evaluate
 from learn.models import ModelConfig, build_model
 
-__all__ = ["bench_accuracy", "bench_inference", "format_accuracy", "format_inference", "parse_model_spec"]
+__all__ = [
+    "bench_accuracy",
+    "bench_inference",
+    "format_accuracy",
+    "format_inference",
+    "machine_info",
+    "parse_model_spec",
+]
+
+
+def machine_info(device="cpu") -> dict:
+    """What a benchmark ran on: platform, processor, Python, CPU count, torch version and threads, ``device`` (and the
+    GPU's name on CUDA), the local date-time with its UTC offset, and the load average (where the OS has one)."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = list(os.getloadavg())
+    return info
 
 
 def parse_model_spec(spec: str) -> tuple[str, int]:

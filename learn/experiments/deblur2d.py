@@ -55,10 +55,8 @@ Examples
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -70,6 +68,7 @@ import numpy as np
 import torch
 
 from learn.baselines import BALANCES, BASELINES, RL_ITERATIONS, run_baseline, tune_balance
+from learn.bench import machine_info
 from learn.metrics import RegionMetrics, psnr
 from learn.models import MODEL_NAMES
 from optisim._keys import reject_unknown_keys
@@ -399,24 +398,6 @@ def _time_methods(predictors: dict, test, repeat: int) -> dict[str, float]:
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def _machine(device: str) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    if str(device).startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    if hasattr(os, "getloadavg"):
-        info["load_average_start"] = list(os.getloadavg())
-    return info
-
-
 def run_deblur2d(config: Deblur2dConfig, *, workdir=None, progress: bool = True, echo=None) -> dict:
     """Simulate the data, train and evaluate every model of ``config``, evaluate the baselines, time them all.
 
@@ -440,7 +421,7 @@ def run_deblur2d(config: Deblur2dConfig, *, workdir=None, progress: bool = True,
     if not isinstance(config, Deblur2dConfig):
         raise TypeError(f"config: expected a Deblur2dConfig (see make_config), got {type(config).__name__}")
     echo = echo or (lambda line: None)
-    t_start, machine = time.perf_counter(), _machine(config.device)
+    t_start, machine = time.perf_counter(), machine_info(config.device)
     with tempfile.TemporaryDirectory(prefix="optisim-deblur2d-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
