@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.measure import bead_fwhm
+from learn.config import FLUX_WEIGHT
 from optisim.noise import CameraNoise
 
 __all__ = ["BeadPlane", "NetworkConfig", "bead_planes", "best_plane", "train_network", "width_validation"]
@@ -36,6 +37,8 @@ class NetworkConfig:
 
     ``finetune_beads`` adds step 3, fine-tuning on the bead images with ideal beads as targets
     (:mod:`calibration.finetune`): ``bead_steps`` Adam steps at ``bead_lr`` on tiles of ``bead_tile`` pixels.
+    ``flux_weight`` weighs the local flux term in both the simulated training (:class:`learn.config.TrainConfig`)
+    and the bead fine-tuning.
     """
 
     enabled: bool = True
@@ -57,6 +60,7 @@ class NetworkConfig:
     bead_steps: int = 200
     bead_lr: float = 1e-4
     bead_tile: int = 64
+    flux_weight: float = FLUX_WEIGHT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +102,7 @@ def train_network(forward_file: Path, kind: str, config: NetworkConfig, out: Pat
         device=config.device,
         seed=config.seed,
         init=config.init,
+        flux_weight=config.flux_weight,
     )
     run = out / "training"
     summary = train(train_config, run, overwrite=True, progress=progress, echo=echo)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from learn.models import ModelConfig
 from optisim._keys import reject_unknown_keys
 
-__all__ = ["AMP", "LOSSES", "SimulateConfig", "TrainConfig"]
+__all__ = ["AMP", "FLUX_WEIGHT", "LOSSES", "SimulateConfig", "TrainConfig"]
 
 LOSSES = ("mse", "l1", "ssim-l1")
+FLUX_WEIGHT = 0.0  # default weight of the local flux term (TrainConfig.flux_weight), see optisim bench faithful
 AMP = ("none", "bf16", "fp16")
 
 
@@ -52,6 +54,12 @@ class TrainConfig:
 
     ``init``: a checkpoint of the same architecture whose weights start the run (fine-tuning); None starts from
     the seeded initialisation.
+
+    ``flux_weight`` >= 0: weight of the local flux term added to ``loss``,
+    :func:`learn.metrics.local_flux_error` over boxes of the forward model's PSF window (a faithful inverse keeps
+    the blur's low frequencies: each source's light stays where it was). 0 leaves the loss, and the weights a seed
+    gives, exactly as without the term. The default, :data:`FLUX_WEIGHT`, is the measured choice of
+    ``optisim bench faithful`` (its notes give the figures).
     """
 
     model: ModelConfig
@@ -71,6 +79,7 @@ class TrainConfig:
     deterministic: bool = False
     tensorboard: bool = False
     init: str | None = None
+    flux_weight: float = FLUX_WEIGHT
 
     def __post_init__(self):
         if (self.data is None) == (self.simulate is None):
@@ -84,6 +93,9 @@ class TrainConfig:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
+        w = self.flux_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"flux_weight: expected a finite weight >= 0, got {self.flux_weight!r}")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

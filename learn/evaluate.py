@@ -14,8 +14,16 @@ Files written into ``output`` (when given)
     The returned dict: ``checkpoint``, ``data``, ``split``, ``samples``, ``grid`` ([gy, gx]), ``model`` (its
     description), ``methods`` (``{name: RegionMetrics.result()}``: ``psnr``, ``ssim`` (means over crops),
     ``region_psnr``, ``region_ssim`` (gy x gx lists, pooled per region, null where a region got no pixels),
-    ``centre_psnr``, ``edge_psnr``, ``centre_ssim``, ``edge_ssim``, ``images``), ``settings`` (the tuned balances and
-    the iteration counts), ``warnings`` and ``seconds``. PSNR in dB with data range 1 (normalised intensity).
+    ``centre_psnr``, ``edge_psnr``, ``centre_ssim``, ``edge_ssim``, ``images``, and the flux ratios ``flux_ratio``,
+    ``region_flux_ratio``, ``centre_flux_ratio``, ``edge_flux_ratio``: summed output over summed truth), ``settings``
+    (the tuned balances and the iteration counts), ``point_sources`` (below; null when not run), ``warnings`` and
+    ``seconds``. PSNR in dB with data range 1 (normalised intensity).
+
+    ``point_sources``: a jittered grid of point-like sources (Gaussians of σ = 0.75 px, the scenes' beads) over the
+    whole sensor, edges and corners included, blurred by the dataset's own forward model without noise, deblurred
+    by every method, and measured with :func:`learn.pointsources.point_source_report`: per field band (``h < 0.35``,
+    ``0.35-0.6``, ``0.6-0.85``, ``h >= 0.85``) the median aspect ratio, FWHM (px) and flux ratio (deblurred / true
+    flux of each source) of every method, and the truth's own FWHM.
 ``examples.png``
     For up to three samples of the split (the crop nearest the sensor centre, the one nearest a corner, and one in
     between), one row each: input | model output | truth | |output - truth|.
@@ -37,6 +45,7 @@ import torch
 
 from learn.baselines import BALANCES, BASELINES, RL_ITERATIONS, run_baseline, tune_balance
 from learn.metrics import RegionMetrics, psnr
+from learn.pointsources import point_source_report
 
 __all__ = ["check_data", "evaluate", "plot_examples", "plot_regions"]
 
@@ -153,10 +162,7 @@ def _run(model, forward, methods, test, settings, metrics, picks, *, device, bat
             pred = model(x.to(device), off.to(device))[:, 0].float().cpu()
         metrics["model"].update(pred, y, off)
         for name in methods:
-            kwargs = {"balance": settings[name]["balance"]} if name in TUNED else {}
-            if name in ("rl", "rl-lowrank"):
-                kwargs["iterations"] = settings[name]["iterations"]
-            out = run_baseline(name, x[:, 0], model=forward, offsets=off, **kwargs)
+            out = run_baseline(name, x[:, 0], model=forward, offsets=off, **_baseline_kwargs(name, settings))
             metrics[name].update(out, y, off)
         for j in range(len(x)):
             if seen + j in picks:
@@ -180,6 +186,7 @@ def evaluate(
     tune_samples=64,
     batch_size=8,
     progress=True,
+    point_sources=True,
 ) -> dict:
     """Metrics of a checkpoint's model and of the baselines on one split of a dataset (module docstring).
 
@@ -193,6 +200,7 @@ def evaluate(
     output : folder or None; when given, ``metrics.json``, ``examples.png`` and ``regions.png`` are written there
     balances : Wiener balances tried on the val split; tune_samples : int, at most this many val samples for that
     batch_size : int, crops per forward pass; progress : bool, a progress bar
+    point_sources : bool, also deblur a field of point sources over the whole sensor (module docstring)
 
     Returns
     -------
@@ -209,6 +217,7 @@ def evaluate(
     picks = _example_picks(test.offsets[test.indices], info.size, lens.sensor_shape)
     run = {"device": device, "batch_size": batch_size, "progress": progress}
     examples = _run(model, info.model, methods, test, settings, metrics, picks, **run)
+    sources = _point_sources(model, info.model, methods, settings, device) if point_sources else None
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -218,12 +227,34 @@ def evaluate(
         "model": model.config.describe(),
         "methods": {name: m.result() for name, m in metrics.items()},
         "settings": settings,
+        "point_sources": sources,
         "warnings": notes + more,
         "seconds": time.perf_counter() - t0,
     }
     if output is not None:
         _write(Path(output), result, examples)
     return result
+
+
+def _baseline_kwargs(name: str, settings: dict) -> dict:
+    kwargs = {"balance": settings[name]["balance"]} if name in TUNED else {}
+    if name in ("rl", "rl-lowrank"):
+        kwargs["iterations"] = settings[name]["iterations"]
+    return kwargs
+
+
+def _point_sources(model, forward, methods, settings, device) -> dict:
+    """:func:`learn.pointsources.point_source_report` of the network and the baselines on the whole sensor."""
+    from learn.infer import deblur_image
+
+    def network(blurred):
+        return deblur_image(model, blurred, tile=256 if max(blurred.shape) > 512 else None, overlap=32, device=device)
+
+    def baseline(name):
+        kwargs = _baseline_kwargs(name, settings)
+        return lambda b: run_baseline(name, torch.from_numpy(b)[None], model=forward, offsets=[[0, 0]], **kwargs)[0]
+
+    return point_source_report({"model": network, **{name: baseline(name) for name in methods}}, forward)
 
 
 def _open(checkpoint, data, device):

@@ -1,4 +1,13 @@
-"""Deblurring images with a trained network: full frames or overlapping tiles, files in and float32 TIFFs out.
+"""Deblurring images with a trained network or a classical spatially varying method: full frames or overlapping
+tiles, files in and float32 TIFFs out.
+
+Methods
+-------
+``network`` runs a trained checkpoint (:func:`deblur_image`). ``rl``, ``rl-tv`` and ``wiener`` deconvolve with a
+low-rank PSF model, from a lens (:meth:`optisim.lowrank.EigenPSFs.from_lens`) or a calibration's ``psf_model.nc``
+(:mod:`learn.classical`, :func:`learn.baselines.deconvolve`): Richardson-Lucy, RL with total variation, and the
+Tikhonov (Wiener) least-squares solution, each with the field-dependent PSF of every pixel. The same tiling,
+normalisation, geometry checks and output files serve both.
 
 Coordinates
 -----------
@@ -20,6 +29,7 @@ over the ``overlap`` pixels next to a neighbouring tile (and is 1 elsewhere, inc
 weighted outputs are summed and divided by the summed weights. Two neighbouring windows add up to 1 over their
 common ramp, so the blend has no seams once ``overlap / 2`` exceeds the distance over which a tile's border
 changes the network's output (its receptive field); ``overlap = 0`` butts the tiles together without blending.
+A classical method deconvolves each tile together with a halo of observed pixels around it (:mod:`learn.classical`).
 
 Intensity
 ---------
@@ -36,8 +46,13 @@ Output files
 One float32 TIFF per input plane (:func:`optisim.io.write_tiff`): ``NAME.tif``, or ``NAME_plane{k}.tif`` for a
 multi-plane input. Their ImageJ ``Info`` JSON holds ``pixel_size_um`` (the input's, else the lens's),
 ``input_metadata`` (the input's optisim metadata, or ``{"description": ...}`` of a plain TIFF), ``source_image``,
-``plane``, ``channel``, ``checkpoint`` (path), ``checkpoint_name``, ``model`` (the model configuration), ``epoch``,
-``lens`` (the checkpoint's lens file text), ``offset``, ``tile``, ``overlap``, ``normalisation`` and ``units``.
+``plane``, ``channel``, ``method``, ``offset``, ``tile``, ``overlap``, ``coverage`` (the coverage file or None),
+``normalisation`` and ``units``; for ``network`` also ``checkpoint`` (path), ``checkpoint_name``, ``model`` (the model
+configuration), ``epoch`` and ``lens`` (the checkpoint's lens file text); for a classical method ``lens_file`` or
+``psf_model`` (the path it was given), ``lens`` (lens file text), ``psf_model_digest``, ``kernel_size``, ``rank``,
+``iterations``, ``tv`` (rl-tv), ``balance`` (wiener), ``min_change`` (the RL stopping tolerance or None) and
+``halo``. With a coverage (:mod:`optisim.coverage`) and ``confidence_map=True``, ``NAME_confidence.tif`` beside
+each output holds the model's confidence in [0, 1] for its pixels.
 """
 
 from __future__ import annotations
@@ -52,7 +67,17 @@ import torch
 
 from optisim.sources import DEFAULT_PERCENTILES, percentile_range
 
-__all__ = ["PIXEL_TOLERANCE", "check_geometry", "deblur_files", "deblur_image", "read_image_metadata", "tile_spans"]
+__all__ = [
+    "METHODS",
+    "PIXEL_TOLERANCE",
+    "check_geometry",
+    "deblur_files",
+    "deblur_image",
+    "read_image_metadata",
+    "tile_spans",
+]
+
+METHODS = ("network", "rl", "rl-tv", "wiener")  # learn.baselines.PRODUCT_METHODS after the network
 
 PIXEL_TOLERANCE = 0.05  # relative pixel-size difference between a file and the lens that triggers a warning
 
@@ -68,7 +93,7 @@ def _pair_of_ints(value, name: str, *, low: int = 0) -> tuple[int, int]:
     return pair
 
 
-def check_geometry(lens, shape, offset, pixel_size_um=None) -> tuple[int, int]:
+def check_geometry(lens, shape, offset, pixel_size_um=None, *, user="the network") -> tuple[int, int]:
     """Check that an image can be placed on the sensor of ``lens``; return the offset to use.
 
     Parameters
@@ -77,6 +102,7 @@ def check_geometry(lens, shape, offset, pixel_size_um=None) -> tuple[int, int]:
     shape : (H, W) ints, pixels of the image
     offset : (y0, x0) ints or None, sensor row and column of the image's first pixel; None when not given
     pixel_size_um : float or None, µm, the pixel size recorded in the image file (None: unknown)
+    user : str, what uses the lens, for the messages ('the network', 'the PSF model')
 
     Returns
     -------
@@ -90,7 +116,7 @@ def check_geometry(lens, shape, offset, pixel_size_um=None) -> tuple[int, int]:
     ny, nx = (int(v) for v in lens.sensor_shape)
     if h > ny or w > nx:
         raise ValueError(
-            f"image: {h}x{w} pixels is larger than the sensor of the lens {lens.name!r} ({ny}x{nx}); the network's "
+            f"image: {h}x{w} pixels is larger than the sensor of the lens {lens.name!r} ({ny}x{nx}); {user}'s "
             f"field coordinates would be meaningless: crop the image to the sensor region it was recorded on"
         )
     if offset is None:
@@ -111,8 +137,8 @@ def check_geometry(lens, shape, offset, pixel_size_um=None) -> tuple[int, int]:
         )
     if pixel_size_um is not None and abs(pixel_size_um / lens.pixel_um - 1) > PIXEL_TOLERANCE:
         warnings.warn(
-            f"pixel size: the image has {pixel_size_um:.4g} µm pixels, the lens {lens.name!r} of the network "
-            f"{lens.pixel_um:.4g} µm; the network expects the lens's sampling (resample the image)",
+            f"pixel size: the image has {pixel_size_um:.4g} µm pixels, the lens {lens.name!r} of {user} "
+            f"{lens.pixel_um:.4g} µm; {user} expects the lens's sampling (resample the image)",
             UserWarning,
             stacklevel=2,
         )
@@ -199,12 +225,7 @@ def deblur_image(model, image, *, offset=(0, 0), tile=None, overlap=32, device=N
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     h, w = img.shape
-    ny, nx = model.config.sensor_shape
-    if y0 + h > ny or x0 + w > nx:
-        raise ValueError(
-            f"offset: an image of {h}x{w} pixels at (y0, x0) = ({y0}, {x0}) extends past the model's sensor "
-            f"({ny}x{nx}); its field coordinates would be meaningless (see check_geometry)"
-        )
+    _check_extent((h, w), (y0, x0), model.config.sensor_shape)
     if tile is None:
         tile, overlap = max(h, w), 0
     _check_tiling(tile, overlap, batch)
@@ -228,6 +249,15 @@ def deblur_image(model, image, *, offset=(0, 0), tile=None, overlap=32, device=N
                     blend.add(span, p)
                 bar.update(len(chunk))
     return blend.result()
+
+
+def _check_extent(shape, offset, sensor_shape) -> None:
+    (h, w), (y0, x0), (ny, nx) = shape, offset, sensor_shape
+    if y0 + h > ny or x0 + w > nx:
+        raise ValueError(
+            f"offset: an image of {h}x{w} pixels at (y0, x0) = ({y0}, {x0}) extends past the model's sensor "
+            f"({ny}x{nx}); its field coordinates would be meaningless (see check_geometry)"
+        )
 
 
 class _Blend:
@@ -336,12 +366,18 @@ def deblur_files(
     channel=None,
     normalize=True,
     progress=True,
+    method="network",
+    lens=None,
+    psf_model=None,
+    settings=None,
+    coverage=None,
+    confidence_map=False,
 ) -> list[Path]:
     """Deblur an image file, or every TIFF/PNG/JPEG file of a folder, into float32 TIFFs.
 
     Parameters
     ----------
-    checkpoint : path of an optisim checkpoint (:mod:`learn.checkpoint`)
+    checkpoint : path of an optisim checkpoint (:mod:`learn.checkpoint`) for ``method='network'``, else None
     inputs : an image file (.tif/.tiff/.png/.jpg/.jpeg) or a folder of them (not recursive)
     output : a .tif/.tiff file for one input file, else a folder (created) for ``NAME.tif`` per input
     tile, overlap : tiling (:func:`deblur_image`); ``tile=None`` deblurs each image whole
@@ -349,16 +385,28 @@ def deblur_files(
     device : torch device; channel : int or None, the channel of multi-channel files (None: every channel)
     normalize : bool, map intensities to the network's scale and back (module docstring, Intensity)
     progress : bool, a progress bar over the tiles
+    method : {'network', 'rl', 'rl-tv', 'wiener'} (module docstring, Methods)
+    lens : a lens file or preset name (:func:`optisim.lens.load_lens`) for a classical method, or None
+    psf_model : an ``optisim-psf-model`` file for a classical method, or None; exactly one of ``lens`` and
+        ``psf_model`` goes with a classical method, neither with the network
+    settings : dict or None, the classical method's settings (:func:`learn.classical.load_classical`)
+    coverage : a coverage or PSF model file (:func:`optisim.coverage.read_coverage`) or None; None reads it from
+        ``psf_model`` when that file holds one. Warns (``UserWarning``) for each input that reaches pixels of
+        confidence below :data:`optisim.coverage.LOW_CONFIDENCE`.
+    confidence_map : bool, also write ``NAME_confidence.tif`` (float32) beside each output; needs a coverage
 
     Returns
     -------
     list of the written paths (module docstring, Output files, for their metadata).
     """
-    from learn.checkpoint import load_model
+    from learn.methods import load_method
     from optisim.io import write_tiff
     from optisim.sources import open_image
 
-    model, lens, ckpt = load_model(checkpoint, device=device)
+    runner = load_method(
+        method, checkpoint=checkpoint, lens=lens, psf_model=psf_model, settings=settings, device=device
+    )
+    cov, cov_file = _coverage(coverage, psf_model, runner.lens, confidence_map)
     files, folder = _input_files(inputs)
     targets = _targets(files, folder, output)
     written, options = [], {"channel": channel, "tile": tile, "overlap": overlap if tile is not None else None}
@@ -366,19 +414,58 @@ def deblur_files(
         planes = open_image(path, channel=channel)
         names = _plane_names(target, len(planes))
         pixel, meta = read_image_metadata(path)
-        start = _checked(lens, planes.shape[-2:], offset, pixel, path)
+        start = _checked(runner.lens, planes.shape[-2:], offset, pixel, path, runner.user)
+        confidence = _check_coverage(cov, start, planes.shape[-2:], path)
         for k, (plane, name) in enumerate(zip(planes, names, strict=True)):
             scaled, (lo, hi) = _normalise(plane, normalize)
-            result = deblur_image(model, scaled, offset=start, tile=tile, overlap=overlap, progress=progress)
+            result = runner.run(scaled, start, tile, overlap, progress)
             result = result * np.float32(hi - lo) + np.float32(lo)
             scaling = (lo, hi) if normalize else None
-            record = _record(checkpoint, ckpt, path, meta, {"plane": k, **options, "offset": list(start)}, scaling)
+            info = {"plane": k, **options, "offset": list(start), "coverage": cov_file}
+            record = _record(runner.record, path, meta, info, scaling)
             name.parent.mkdir(parents=True, exist_ok=True)
-            written.append(write_tiff(name, result, pixel_um=pixel or lens.pixel_um, metadata=record))
+            written.append(write_tiff(name, result, pixel_um=pixel or runner.lens.pixel_um, metadata=record))
+            if confidence_map:
+                extra = {"source_image": str(path), "offset": list(start), "coverage": cov_file, "units": "1"}
+                conf_name = name.with_name(f"{name.stem}_confidence.tif")
+                written.append(
+                    write_tiff(conf_name, confidence, pixel_um=pixel or runner.lens.pixel_um, metadata=extra)
+                )
     return written
 
 
-def _record(checkpoint, ckpt, path, meta: dict, options: dict, scaling) -> dict:
+def _coverage(coverage, psf_model, lens, confidence_map: bool):
+    """The coverage to check against (from ``coverage``, else from ``psf_model``) and its file name, or (None, None)."""
+    from optisim.coverage import read_coverage
+
+    source = coverage if coverage is not None else psf_model
+    cov = read_coverage(source) if source is not None else None
+    if cov is None and confidence_map:
+        raise ValueError(
+            "confidence_map: needs a coverage: pass a coverage file, or a psf_model file that holds coverage maps"
+        )
+    if cov is not None and tuple(cov.sensor_shape) != tuple(lens.sensor_shape):
+        raise ValueError(
+            f"coverage: {source} maps a {cov.sensor_shape[0]}x{cov.sensor_shape[1]} sensor, the model's sensor is "
+            f"{lens.sensor_shape[0]}x{lens.sensor_shape[1]}"
+        )
+    return cov, (None if cov is None else str(source))
+
+
+def _check_coverage(cov, start, shape, path):
+    """The confidence map of an image's pixels (None without a coverage); warns when part lies beyond coverage."""
+    if cov is None:
+        return None
+    from optisim.coverage import beyond_coverage
+
+    confidence = cov.confidence_map(start, shape)
+    message = beyond_coverage(confidence, path.name)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return confidence
+
+
+def _record(method_record: dict, path, meta: dict, options: dict, scaling) -> dict:
     """The metadata of one output file (module docstring, Output files)."""
     normalisation = None
     if scaling is not None:
@@ -387,22 +474,18 @@ def _record(checkpoint, ckpt, path, meta: dict, options: dict, scaling) -> dict:
         "input_metadata": meta,
         "source_image": str(path),
         **options,
-        "checkpoint": str(checkpoint),
-        "checkpoint_name": Path(checkpoint).name,
-        "model": ckpt["model_config"],
-        "epoch": ckpt.get("epoch"),
-        "lens": ckpt["lens_toml"],
+        **method_record,
         "normalisation": normalisation,
         "units": "the input's intensity units" + ("" if scaling is not None else " (no normalisation)"),
     }
 
 
-def _checked(lens, shape, offset, pixel, path) -> tuple[int, int]:
+def _checked(lens, shape, offset, pixel, path, user) -> tuple[int, int]:
     """:func:`check_geometry` with the file's name in errors and warnings."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            start = check_geometry(lens, shape, offset, pixel)
+            start = check_geometry(lens, shape, offset, pixel, user=user)
     except ValueError as err:
         raise ValueError(f"{path.name}: {err}") from None
     for w in caught:

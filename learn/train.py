@@ -1,8 +1,9 @@
 """Training an inverse operator: a dataset file or on-the-fly simulation in, checkpoints and logs out.
 
-``train(config, out)`` runs Adam on the chosen loss, validates every epoch (loss, PSNR, SSIM), halves the learning
-rate when the validation loss has not improved for ``patience`` epochs (``ReduceLROnPlateau``), optionally stops
-early, and writes into ``out``:
+``train(config, out)`` runs Adam on the chosen loss (plus ``flux_weight`` times the local flux error,
+:func:`learn.metrics.local_flux_error`, over boxes of the forward model's PSF window), validates every epoch (loss,
+PSNR, SSIM), halves the learning rate when the validation loss has not improved for ``patience`` epochs
+(``ReduceLROnPlateau``), optionally stops early, and writes into ``out``:
 
 * ``last.pt`` after every epoch and ``best.pt`` when the validation loss improves (:mod:`learn.checkpoint`);
 * ``metrics.csv``, one row per epoch (epoch, lr, train_loss, val_loss, val_psnr, val_ssim, samples_per_s,
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from learn.checkpoint import check_same_architecture, load_checkpoint, load_weights, save_checkpoint
 from learn.config import SimulateConfig, TrainConfig
 from learn.data import VALIDATION_START, H5Pairs, SimulatedPairs, read_data_info, worker_init
-from learn.metrics import psnr, ssim
+from learn.metrics import local_flux_error, psnr, ssim
 from learn.models import ModelConfig, build_model, count_parameters
 
 __all__ = ["train"]
@@ -112,6 +113,7 @@ class _Data:
             self._simulated(config.simulate)
         if config.batch_size % dist.world:
             raise ValueError(f"batch_size: {config.batch_size} is not divisible by the {dist.world} processes")
+        self.flux_window = int(self.forward_model.kernels.shape[-1])  # the flux term's box: the PSF window
 
     def _simulated(self, sim: SimulateConfig):
         from optisim.lens import load_lens
@@ -193,7 +195,15 @@ class _Data:
         return DataLoader(self.train_set, batch_size=per_rank, sampler=sampler, drop_last=True, **common)
 
 
-def _loss(name: str, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def _loss(config: TrainConfig, pred: torch.Tensor, truth: torch.Tensor, window: int) -> torch.Tensor:
+    """The training loss, plus ``flux_weight`` times the local flux error over ``window``-pixel boxes (the PSF side)."""
+    loss = _pixel_loss(config.loss, pred, truth)
+    if config.flux_weight:  # skipped at 0: the same operations, so the same weights as before the term existed
+        loss = loss + config.flux_weight * local_flux_error(pred, truth, window=window)
+    return loss
+
+
+def _pixel_loss(name: str, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     if name == "mse":
         return F.mse_loss(pred, truth)
     if name == "l1":
@@ -331,7 +341,7 @@ def _train_epoch(run: _Run, net, epoch: int, progress: bool) -> tuple[float, flo
         offsets = batch["offset"].to(device)
         with _autocast(config, device):
             pred = net(x, offsets)
-        loss = _loss(config.loss, pred.float(), y)
+        loss = _loss(config, pred.float(), y, run.data.flux_window)
         run.optimizer.zero_grad(set_to_none=True)
         if run.scaler is not None:
             run.scaler.scale(loss).backward()
@@ -359,7 +369,7 @@ def _validate(run: _Run, net) -> dict:
             pred = net(x, batch["offset"].to(device))
         pred = pred.float()
         n = len(x)
-        sums[0] += float(_loss(config.loss, pred, y)) * n
+        sums[0] += float(_loss(config, pred, y, run.data.flux_window)) * n
         sums[1] += float(psnr(pred, y).clamp(max=100).sum())
         sums[2] += float(ssim(pred, y).sum())
         sums[3] += n

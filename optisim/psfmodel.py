@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from optisim._version import __version__
+from optisim.coverage import Coverage, coverage_dataset
 from optisim.field import field_grid
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_TOL, EigenPSFs, rank_for_tolerance
@@ -265,7 +266,13 @@ def _jsonable(value):
 
 
 def write_psf_model(
-    path, model: EigenPSFs, lens: Lens, *, description: str = "", provenance: dict | None = None
+    path,
+    model: EigenPSFs,
+    lens: Lens,
+    *,
+    description: str = "",
+    provenance: dict | None = None,
+    coverage: Coverage | None = None,
 ) -> Path:
     """Write an empirical PSF model as NetCDF-4 (HDF5, via h5netcdf) in the ``optisim-psf-model`` v1 layout.
 
@@ -278,6 +285,9 @@ def write_psf_model(
         as the forward model.
     description : str, free text
     provenance : dict or None, JSON-serialisable record of how the model was made (bead files, fits, settings)
+    coverage : :class:`optisim.coverage.Coverage` or None, the model's coverage maps, stored as the optional
+        variables ``psf_spread``, ``bead_distance``, ``confidence`` on ``(coverage_y, coverage_x)``
+        (:func:`optisim.coverage.coverage_dataset`); its sensor must be the model's
 
     Returns
     -------
@@ -338,6 +348,15 @@ def write_psf_model(
             "conventions": CONVENTIONS,
         },
     )
+    if coverage is not None:
+        if tuple(coverage.sensor_shape) != tuple(model.sensor_shape):
+            raise ValueError(
+                f"coverage: expected maps of the model's sensor {tuple(model.sensor_shape)}, got a coverage of "
+                f"{tuple(coverage.sensor_shape)}"
+            )
+        extra = coverage_dataset(coverage)
+        ds = ds.merge(extra)
+        ds.attrs.update(extra.attrs)
     ds.to_netcdf(path, engine="h5netcdf", invalid_netcdf=False)
     return path
 

@@ -99,6 +99,8 @@ def _network_options(func):
                      help="Then fine-tune on the bead images, with ideal (diffraction-limited) beads as targets."),
         click.option("--bead-steps", type=click.IntRange(1), default=200, show_default=True,
                      help="Steps of --finetune-beads."),
+        click.option("--flux-weight", type=click.FloatRange(0), default=None,
+                     help="Weight of the local flux term in training and bead fine-tuning (default: NetworkConfig's)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
                      show_default=True),
     ]  # fmt: skip
@@ -148,6 +150,7 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
         width=o["width"], epochs=o["epochs"], steps_per_epoch=o["steps_per_epoch"], batch_size=o["batch_size"],
         size=o["size"], noise=None if noise is None else noise.to_dict(), device=o["device"], seed=seed,
         finetune_beads=o["finetune_beads"], bead_steps=o["bead_steps"],
+        **({} if o["flux_weight"] is None else {"flux_weight": o["flux_weight"]}),
     )  # fmt: skip
     if o["finetune_beads"] and o["no_network"]:
         raise click.UsageError("--finetune-beads fine-tunes the network; it cannot go with --no-network")

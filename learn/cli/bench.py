@@ -1,4 +1,4 @@
-"""``optisim bench learn``."""
+"""``optisim bench learn`` and ``optisim bench faithful``."""
 
 from __future__ import annotations
 
@@ -95,3 +95,38 @@ def _make_dataset(path: Path, n: int, size: int) -> None:
     write_dataset(
         path, load_preset("default"), make_source("synthetic"), DatasetConfig(n=n, size=size, seed=0), workers=2
     )
+
+
+@click.command("faithful")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-faithful"),
+    show_default=True,
+    help="Folder for the lens files, runs and bench.json.",
+)
+@click.option("--lens", "lenses", multiple=True, default=("default", "astig-coma"), show_default=True,
+              type=click.Choice(["default", "astig-coma"]), help="Lenses, repeatable.")  # fmt: skip
+@click.option("--sensor", type=click.IntRange(128, 4096), default=384, show_default=True, help="Sensor side (px).")
+@click.option("--steps", type=click.IntRange(1, None), default=150, show_default=True, help="Steps per network.")
+@click.option("--flux-weight", "flux_weights", multiple=True, type=click.FloatRange(0, None), default=(0.0, 1.0),
+              show_default=True, help="flux_weight of each network, repeatable (equal budgets).")  # fmt: skip
+@click.option("--rl-iterations", type=click.IntRange(1, None), default=100, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+def bench_faithful(output, lenses, sensor, steps, flux_weights, rl_iterations, device):
+    """Point sources after deblurring: aspect ratio, FWHM and flux per field band (networks with and without the
+    flux term at equal budgets, and RL with the true model)."""
+    from learn.bench import machine_info
+    from learn.bench_faithful import bench_faithful as run
+    from learn.bench_faithful import format_faithful
+
+    device = resolve_device(device)
+    info = machine_info(device)
+    results = run(output, lenses=lenses, sensor=sensor, steps=steps, flux_weights=flux_weights,
+                  rl_iterations=rl_iterations, device=device, echo=click.echo)  # fmt: skip
+    click.echo(format_faithful(results))
+    (output / "bench.json").write_text(
+        json.dumps({"machine": info, "results": results}, indent=2, default=float) + "\n"
+    )
+    click.echo(f"wrote {output / 'bench.json'}")

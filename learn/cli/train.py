@@ -157,6 +157,12 @@ def model_config(o: dict):
     help="Stop after this many epochs without improvement (0: never).",
 )
 @click.option("--loss", type=click.Choice(["mse", "l1", "ssim-l1"]), default="mse", show_default=True)
+@click.option(
+    "--flux-weight",
+    type=click.FloatRange(0, None),
+    default=None,
+    help="Weight of the local flux term added to the loss (keeps each source's light; default: TrainConfig's).",
+)
 @click.option("--workers", type=click.IntRange(0, None), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -201,6 +207,7 @@ def train(
     patience,
     early_stop,
     loss,
+    flux_weight,
     workers,
     seed,
     device,
@@ -258,6 +265,7 @@ def train(
         deterministic=deterministic,
         tensorboard=tensorboard,
         init=None if init is None else str(init),
+        **({} if flux_weight is None else {"flux_weight": flux_weight}),
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -10,7 +10,11 @@ from optisim.cli._options import resolve_device
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"calibrate": "calibration.cli.bench:bench_calibrate", "learn": "learn.cli.bench:bench_learn"},
+    lazy_subcommands={
+        "calibrate": "calibration.cli.bench:bench_calibrate",
+        "faithful": "learn.cli.bench:bench_faithful",
+        "learn": "learn.cli.bench:bench_learn",
+    },
 )
 def bench():
     """Benchmarks (they print figures; nothing is asserted)."""

@@ -1,0 +1,185 @@
+"""Empirical field models from measured bead PSFs, with or without rotational symmetry, chosen by cross-validation.
+
+Two families of model predict the PSF at a field point from the beads' measured, centred PSFs:
+
+* ``none``: eigen-PSFs of the measured PSFs with thin-plate-spline weight maps over the field
+  (:func:`optisim.psfmodel.eigen_psfs_from_samples`); no assumption about the instrument;
+* ``rotational``: the instrument is rotationally symmetric about a fitted optical centre
+  (:mod:`optisim.symmetry`): eigen-PSFs of the rotating frame with coefficients smooth in the field radius, so one
+  bead constrains every azimuth at its radius.
+
+The rank of each, and the choice between them (``auto``), are made by ``folds``-fold cross-validation over the
+beads: each fold's beads are predicted by a model built from the other beads (for ``rotational`` with the optical
+centre refitted to those beads), and the error is ``||predicted - measured|| / ||measured||`` (Frobenius, over all
+beads). ``auto`` takes the symmetry with the smaller error at its best rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optisim.psfmodel import eigen_psfs_from_samples
+from optisim.symmetry import MIN_RADII, fit_optical_centre, polar_field, rotational_psfs_from_samples
+
+__all__ = ["SYMMETRIES", "EmpiricalFit", "build_model", "choose_model", "cross_validated_errors"]
+
+SYMMETRIES = ("auto", "none", "rotational")
+MAX_RANK = 20
+
+
+@dataclass
+class EmpiricalFit:
+    """An empirical model and how it was chosen.
+
+    Attributes
+    ----------
+    symmetry : 'none' or 'rotational'; rank : int
+    model : the predictor (``psfs_at(hx, hy)``): an :class:`optisim.lowrank.EigenPSFs` or
+        :class:`optisim.symmetry.RotationalPSFs`
+    centre, centre_sigma : (cy, cx) optical centre and its bootstrap sigma (normalised field), rotational only
+    errors : {symmetry: [cross-validated error of rank 1, 2, ...]}; reason : why this symmetry (words)
+    """
+
+    symmetry: str
+    rank: int
+    model: object
+    centre: tuple | None = None
+    centre_sigma: tuple | None = None
+    errors: dict | None = None
+    reason: str = ""
+
+    def to_dict(self, sensor_shape) -> dict:
+        d = {"symmetry": self.symmetry, "rank": self.rank, "cross_validated_error": self.errors or {},
+             "reason": self.reason}  # fmt: skip
+        if self.centre is not None:
+            from optisim.field import field_scale, field_to_pixel
+
+            row, col = field_to_pixel(self.centre[1], self.centre[0], sensor_shape)
+            scale = field_scale(sensor_shape)
+            d["optical_centre"] = {
+                "field_yx": [float(v) for v in self.centre],
+                "field_sigma_yx": [float(v) for v in self.centre_sigma],
+                "pixel_row_col": [float(row), float(col)],
+                "pixel_sigma_row_col": [float(v) * scale for v in self.centre_sigma],
+            }
+        return d
+
+
+def build_model(psfs, hy, hx, sensor_shape, *, symmetry: str, rank: int, centre=None, grid=(9, 9),
+                asymmetric_rank: int = 0):  # fmt: skip
+    """One empirical predictor (``psfs_at(hx, hy)``) of the given symmetry, rank and (rotational) centre."""
+    if symmetry == "none":
+        return eigen_psfs_from_samples(psfs, hy, hx, sensor_shape, rank=rank, grid=grid)
+    if symmetry == "rotational":
+        return rotational_psfs_from_samples(psfs, hy, hx, sensor_shape, centre=centre, rank=rank,
+                                            asymmetric_rank=asymmetric_rank)  # fmt: skip
+    raise ValueError(f"symmetry: expected one of {SYMMETRIES[1:]}, got {symmetry!r}")
+
+
+def _folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[k::folds] for k in range(folds)]
+
+
+def cross_validated_errors(psfs, hy, hx, sensor_shape, *, symmetry: str, centre=None, folds: int = 5, seed: int = 0,
+                           grid=(9, 9)) -> list[float]:  # fmt: skip
+    """Cross-validated relative error of ranks 1, 2, ... (module docstring); [] when too few beads for folds."""
+    n = len(psfs)
+    folds = min(folds, n)
+    if folds < 2 or n < 6:
+        return []
+    parts = _folds(n, folds, seed)
+    max_rank = min(n - max(len(p) for p in parts), MAX_RANK)
+    squared = np.zeros(max_rank)
+    for test in parts:
+        train = np.setdiff1d(np.arange(n), test)
+        c = None
+        if symmetry == "rotational":
+            c, _ = fit_optical_centre(psfs[train], hy[train], hx[train], sensor_shape, start=centre, search=0.0,
+                                      bootstrap=0)  # fmt: skip
+        for k in range(1, max_rank + 1):
+            model = build_model(psfs[train], hy[train], hx[train], sensor_shape, symmetry=symmetry, rank=k,
+                                centre=c, grid=grid)  # fmt: skip
+            squared[k - 1] += ((model.psfs_at(hx[test], hy[test]) - psfs[test]) ** 2).sum()
+    return [float(e) for e in np.sqrt(squared / (psfs**2).sum())]
+
+
+def _check_rotational(hy, hx, centre) -> None:
+    r, _ = polar_field(hx, hy, centre)
+    distinct = len(np.unique(np.round(r, 4)))
+    if distinct < MIN_RADII:
+        raise ValueError(
+            f"a rotational model needs beads at {MIN_RADII} or more distinct field radii, got {distinct} "
+            f"({len(r)} beads); use --symmetry none"
+        )
+
+
+def choose_model(psfs, hy, hx, sensor_shape, *, symmetry: str = "auto", folds: int = 5, seed: int = 0, grid=(9, 9),
+                 asymmetric_rank: int = 0, centre=None, centre_bootstrap: int = 16) -> EmpiricalFit:  # fmt: skip
+    """Fit the empirical model of ``symmetry`` ('auto' chooses, module docstring), with its cross-validated rank.
+
+    Parameters
+    ----------
+    psfs : (N, w, w) measured centred PSFs summing to 1; hy, hx : (N,) normalised field points
+    sensor_shape : (ny, nx) pixels
+    centre : (cy, cx) or None, a fixed optical centre for ``rotational`` (None: fitted, with its bootstrap sigma)
+    """
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"symmetry: expected one of {SYMMETRIES}, got {symmetry!r}")
+    psfs, hy, hx = np.asarray(psfs, float), np.asarray(hy, float), np.asarray(hx, float)
+    n = len(psfs)
+    candidates = ["none", "rotational"] if symmetry == "auto" else [symmetry]
+    fitted_centre = sigma = None
+    why_not = ""
+    if "rotational" in candidates:
+        try:
+            if n < MIN_RADII + 1:
+                raise ValueError(
+                    f"a rotational model needs at least {MIN_RADII + 1} beads, got {n}; use --symmetry none"
+                )
+            if centre is None:
+                fitted_centre, sigma = fit_optical_centre(psfs, hy, hx, sensor_shape, bootstrap=centre_bootstrap,
+                                                          seed=seed)  # fmt: skip
+            else:
+                fitted_centre, sigma = tuple(float(v) for v in centre), (0.0, 0.0)
+            _check_centre(fitted_centre, sensor_shape)
+            _check_rotational(hy, hx, fitted_centre)
+        except ValueError as err:
+            if symmetry == "rotational":
+                raise
+            candidates, why_not, fitted_centre = ["none"], str(err).split("; use")[0], None
+    errors = {s: cross_validated_errors(psfs, hy, hx, sensor_shape, symmetry=s, centre=fitted_centre, folds=folds,
+                                        seed=seed, grid=grid) for s in candidates}  # fmt: skip
+    best = {s: (int(np.argmin(e)) + 1, float(min(e))) if e else (min(n, 3), float("nan")) for s, e in errors.items()}
+    chosen = candidates[0]
+    if symmetry == "auto" and len(candidates) == 2:
+        chosen = "rotational" if best["rotational"][1] <= best["none"][1] else "none"
+        reason = (f"cross-validated PSF error {best['rotational'][1]:.4f} (rotational, rank {best['rotational'][0]}) "
+                  f"against {best['none'][1]:.4f} (none, rank {best['none'][0]}): the smaller wins")  # fmt: skip
+    elif symmetry == "auto":
+        reason = f"no rotational model: {why_not}"
+    else:
+        reason = f"--symmetry {symmetry} (as asked)"
+    rank = best[chosen][0]
+    model = build_model(psfs, hy, hx, sensor_shape, symmetry=chosen, rank=rank, centre=fitted_centre, grid=grid,
+                        asymmetric_rank=asymmetric_rank)  # fmt: skip
+    keep_centre = chosen == "rotational"
+    return EmpiricalFit(
+        symmetry=chosen, rank=rank, model=model, centre=fitted_centre if keep_centre else None,
+        centre_sigma=sigma if keep_centre else None, errors=errors, reason=reason,
+    )  # fmt: skip
+
+
+def _check_centre(centre, sensor_shape) -> None:
+    """A fitted optical centre outside the sensor is an error (the symmetry assumption does not hold)."""
+    from optisim.field import field_to_pixel
+
+    row, col = field_to_pixel(centre[1], centre[0], sensor_shape)
+    ny, nx = sensor_shape
+    if not (-0.5 <= row <= ny - 0.5 and -0.5 <= col <= nx - 0.5):
+        raise ValueError(
+            f"the fitted optical centre (row {float(row):.1f}, column {float(col):.1f}) lies outside the "
+            f"{ny}x{nx} sensor: the beads do not look rotationally symmetric; use --symmetry none"
+        )
