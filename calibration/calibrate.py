@@ -118,7 +118,6 @@ def _network(result: BeadModelFit, stacks, forward: Path, config: CalibrateConfi
         network["bead_finetune"] = finetune_on_beads(
             model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
             batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
-            flux_weight=net.flux_weight,
         )  # fmt: skip
         result.seconds["bead_finetune"] = network["bead_finetune"]["seconds"]
         r = network["bead_finetune"]
