@@ -250,6 +250,13 @@ def _fibre_figures(summary: dict) -> dict:
         "holdout_psf_correlation_median": corr.get("median"),
         "holdout_psf_correlation_min": corr.get("min"),
         "empirical_rank": empirical.get("rank"),
+        "symmetry": empirical.get("symmetry"),
+        "symmetric_rank": empirical.get("model_rank"),
+        "optical_centre_px": (empirical.get("optical_centre") or {}).get("pixel_row_col"),
+        "optical_centre_sigma_px": (empirical.get("optical_centre") or {}).get("pixel_sigma_row_col"),
+        "holdout_by_band": holdout.get("by_band"),
+        "radial_holdout": (summary.get("validation") or {}).get("radial_holdout"),
+        "coverage": summary["model"].get("coverage"),
         "network": bool(summary.get("network")),
         **{f"fwhm_{k}_px": width.get(k) for k in keys},
         "fwhm_median_simulated_px": simulated.get("median_after"),
@@ -382,8 +389,21 @@ def table_rows(case: str, r: dict) -> list:
     rows = [
         ("held-out PSF correlation", "", f"median {_f(r['holdout_psf_correlation_median'], '.3f')}, min "
          f"{_f(r['holdout_psf_correlation_min'], '.3f')} ({r['held_out']} of {r['beads']} beads held out)"),
-        ("empirical model rank", "", str(r["empirical_rank"])),
+        ("empirical model", "", f"symmetry {r['symmetry']}, rank {r['symmetric_rank']}"
+         + (f", forward rank {r['empirical_rank']}" if r["symmetric_rank"] != r["empirical_rank"] else "")
+         + (f", optical centre row {r['optical_centre_px'][0]:.1f} +- {r['optical_centre_sigma_px'][0]:.1f}, "
+            f"column {r['optical_centre_px'][1]:.1f} +- {r['optical_centre_sigma_px'][1]:.1f} px"
+            if r["optical_centre_px"] else "")),
     ]  # fmt: skip
+    for name, model in ((r.get("radial_holdout") or {}).get("models") or {}).items():
+        corr = model.get("psf_correlation") or {}
+        rows.append((f"outer {r['radial_holdout']['outer_beads']} beads predicted from the inner ones ({name})", "",
+                     model["error"] if "error" in model else
+                     f"median {_f(corr.get('median'), '.3f')}, min {_f(corr.get('min'), '.3f')}"))  # fmt: skip
+    if r.get("coverage"):
+        c = r["coverage"]
+        rows.append(("coverage: sensor share below confidence 0.5", "", f"{100 * c['share_below']:.1f} % (PSF "
+                     f"spread next to the beads {_f(c['reference_spread'], '.3f')})"))  # fmt: skip
     if r["network"]:
         rows += [
             ("median bead FWHM, simulated training", "reduced", f"{_f(r['fwhm_median_before_px'], '.2f')} -> "

@@ -4,6 +4,9 @@ Outputs in the folder ``out`` (formats in ``data/FORMATS.md``):
 
 * ``lens.toml`` (parametric model) or ``psf_model.nc`` (empirical model): the calibrated forward model, which
   ``optisim simulate``, ``dataset`` and ``train`` accept (``--psf-model`` for the latter);
+* ``coverage.nc`` (empirical model): where the model is trustworthy, from a bootstrap over the beads
+  (:mod:`optisim.coverage`; the same maps are stored in ``psf_model.nc``), which ``optisim deblur --coverage``
+  reads to warn about image regions beyond the calibration;
 * ``model.pt``: the calibrated network (with ``training/``, its run folder), unless the network is switched off;
 * ``beads.csv``: every detected candidate, kept or rejected with the reason, and each fitted bead's numbers;
 * ``calibration.json``: every number (settings, optics, detections, per-bead fits, field model, validation, times);
@@ -85,15 +88,25 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
 
 
 def _write_forward_model(result: BeadModelFit, out: Path) -> Path:
+    provenance = {"beads": int((~result.holdout).sum()), "source": "optisim calibrate", "kind": result.kind}
     if result.kind == "parametric":
-        return result.lens.save(out / "lens.toml")
-    from optisim.psfmodel import write_psf_model
+        path = result.lens.save(out / "lens.toml")
+        provenance["symmetry"] = result.validation.get("symmetry", {}).get("choice")
+    else:
+        from optisim.psfmodel import write_psf_model
 
-    provenance = {"beads": int((~result.holdout).sum()), "source": "optisim calibrate"}
-    return write_psf_model(
-        out / "psf_model.nc", result.psf_model, result.nominal, description="empirical model from beads",
-        provenance=provenance,
-    )  # fmt: skip
+        if result.empirical is not None:
+            provenance["model"] = result.empirical.to_dict(result.nominal.sensor_shape)
+        path = write_psf_model(
+            out / "psf_model.nc", result.psf_model, result.nominal, description="empirical model from beads",
+            provenance=provenance, coverage=result.coverage,
+        )  # fmt: skip
+    if result.coverage is not None:
+        from optisim.coverage import write_coverage
+
+        write_coverage(out / "coverage.nc", result.coverage, description=f"coverage of the {result.kind} model "
+                       "from beads", provenance=provenance)  # fmt: skip
+    return path
 
 
 def _network(result: BeadModelFit, stacks, forward: Path, config: CalibrateConfig, out: Path, total: int, *,
@@ -118,6 +131,7 @@ def _network(result: BeadModelFit, stacks, forward: Path, config: CalibrateConfi
         network["bead_finetune"] = finetune_on_beads(
             model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
             batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
+            flux_weight=net.flux_weight,
         )  # fmt: skip
         result.seconds["bead_finetune"] = network["bead_finetune"]["seconds"]
         r = network["bead_finetune"]
@@ -144,7 +158,8 @@ def _validate(result: BeadModelFit, planes, model_path: Path, device: str) -> di
     use = result.holdout if result.holdout.sum() >= 5 else np.ones(len(fits), dtype=bool)
     beads = [(fits.rows[use & (result.frames == i)], fits.cols[use & (result.frames == i)]) for i in range(len(planes))]
     widths = width_validation(model_path, planes, beads, window=fits.data.shape[-1], device=resolve_device(device))
-    widths["beads"] = "held out" if result.holdout.sum() >= 5 else "all fitted (fewer than 5 held out)"
+    held = int(result.holdout.sum())
+    widths["beads"] = "held out" if held >= 5 else f"all {len(fits)} fitted (only {held} held out, fewer than 5)"
     return widths
 
 
@@ -228,9 +243,26 @@ def _model_summary(result: BeadModelFit, forward: Path) -> dict:
     out = {"kind": result.kind, "file": forward.name}
     if result.field_fit is not None:
         out["field"] = result.field_fit.to_dict()
+        out["field"].setdefault("symmetry", "none")  # a rotational fit names itself, with its optical centre
     if result.psf_model is not None:
         m = result.psf_model
         out["empirical"] = {"rank": m.rank, "relative_error": m.relative_error, "kernel_size": m.kernels.shape[-1]}
+    if result.empirical is not None:
+        out["empirical"].update(result.empirical.to_dict(result.nominal.sensor_shape))
+        out["empirical"]["rank"] = m.rank  # the forward model's; the symmetric model's own rank is 'model_rank'
+        out["empirical"]["model_rank"] = result.empirical.rank
+    if result.coverage is not None:
+        from calibration.validate import reference_spread
+        from optisim.coverage import LOW_CONFIDENCE
+
+        confidence = result.coverage.confidence_map()
+        out["coverage"] = {
+            "file": "coverage.nc", "low_confidence": LOW_CONFIDENCE,
+            "share_below": float((confidence < LOW_CONFIDENCE).mean()),
+            "confidence_median": float(np.median(confidence)), "confidence_min": float(confidence.min()),
+            "spread_scale": result.coverage.spread_scale,
+            "reference_spread": reference_spread(result.coverage.psf_spread, result.coverage.bead_distance),
+        }  # fmt: skip
     return out
 
 

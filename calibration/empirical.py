@@ -23,7 +23,7 @@ import numpy as np
 from optisim.psfmodel import eigen_psfs_from_samples
 from optisim.symmetry import MIN_RADII, fit_optical_centre, polar_field, rotational_psfs_from_samples
 
-__all__ = ["SYMMETRIES", "EmpiricalFit", "build_model", "choose_model", "cross_validated_errors"]
+__all__ = ["SYMMETRIES", "EmpiricalFit", "build_model", "choose_model", "cross_validated_errors", "forward_model"]
 
 SYMMETRIES = ("auto", "none", "rotational")
 MAX_RANK = 20
@@ -97,7 +97,8 @@ def cross_validated_errors(psfs, hy, hx, sensor_shape, *, symmetry: str, centre=
         train = np.setdiff1d(np.arange(n), test)
         c = None
         if symmetry == "rotational":
-            c, _ = fit_optical_centre(psfs[train], hy[train], hx[train], sensor_shape, start=centre, search=0.0,
+            start, search = ((0.0, 0.0), 0.5) if centre is None else (centre, 0.0)
+            c, _ = fit_optical_centre(psfs[train], hy[train], hx[train], sensor_shape, start=start, search=search,
                                       bootstrap=0)  # fmt: skip
         for k in range(1, max_rank + 1):
             model = build_model(psfs[train], hy[train], hx[train], sensor_shape, symmetry=symmetry, rank=k,
@@ -183,3 +184,20 @@ def _check_centre(centre, sensor_shape) -> None:
             f"the fitted optical centre (row {float(row):.1f}, column {float(col):.1f}) lies outside the "
             f"{ny}x{nx} sensor: the beads do not look rotationally symmetric; use --symmetry none"
         )
+
+
+FORWARD_TOL = 1e-2  # relative Frobenius error of the factored rotational field over its grid
+FORWARD_MIN_GRID = 15  # rotating PSFs need a finer field grid than the weight maps of a 'none' model
+
+
+def forward_model(fit: EmpiricalFit, grid=(9, 9), *, tol: float = FORWARD_TOL):
+    """The :class:`optisim.lowrank.EigenPSFs` that the blur operator, the datasets and the deblurring take.
+
+    A ``none`` model is one already. A ``rotational`` model is sampled on a field grid of at least
+    ``FORWARD_MIN_GRID`` points a side and factored to relative error ``tol``
+    (:meth:`optisim.symmetry.RotationalPSFs.to_eigen_psfs`); its rank grows with how much the PSFs rotate.
+    """
+    if fit.symmetry == "none":
+        return fit.model
+    g = tuple(max(int(v), FORWARD_MIN_GRID) for v in grid)
+    return fit.model.to_eigen_psfs(grid=g, tol=tol)

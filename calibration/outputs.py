@@ -74,6 +74,7 @@ def report_data(result: BeadModelFit, stacks, summary: dict, network: dict) -> R
             beads.append(row)
     widths = network.get("bead_width") or {}
     image = stacks[0].data.max(axis=0)
+    centre = (summary["model"].get("empirical") or summary["model"].get("field") or {}).get("optical_centre")
     return ReportData(
         title=f"optisim calibration: {', '.join(s.path.name for s in stacks)}",
         image=image,
@@ -97,6 +98,8 @@ def report_data(result: BeadModelFit, stacks, summary: dict, network: dict) -> R
         fwhm_simulated=(network.get("bead_width_simulated") or {}).get("after") if widths else None,
         eigen_psfs=eigen,
         weight_maps=weights,
+        confidence=None if result.coverage is None else result.coverage.confidence,
+        optical_centre=None if centre is None else (*centre["pixel_row_col"], *centre["pixel_sigma_row_col"]),
         summary={k: v for k, v in summary.items() if k not in ("fits", "inputs", "settings")},
         files=_files(result, network),
     )
@@ -105,6 +108,8 @@ def report_data(result: BeadModelFit, stacks, summary: dict, network: dict) -> R
 def _files(result: BeadModelFit, network: dict) -> dict:
     files = {"all numbers": "calibration.json", "bead table": "beads.csv"}
     files["calibrated model"] = "lens.toml" if result.kind == "parametric" else "psf_model.nc"
+    if result.coverage is not None:
+        files["coverage maps"] = "coverage.nc"
     if network:
         files["calibrated network"] = network["checkpoint"]
     return files

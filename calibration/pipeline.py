@@ -52,6 +52,11 @@ class ModelConfig:
     seed: int = 0
     min_correlation: float = 0.5  # beads whose fit correlates less with the data are rejected ("poor fit")
     prior: str | None = None  # a design lens file or preset: the sign of even aberrations in 2D follows it
+    symmetry: str = "auto"  # empirical model: 'auto', 'none' or 'rotational' (calibration.empirical)
+    radial_holdout: float = 0.25  # outermost share of beads predicted from the inner ones (0: no such check)
+    bootstrap: int = 20  # resamplings of the coverage map (0: none)
+    coverage_grid: tuple[int, int] = (17, 17)
+    remove_bead: bool = True  # deconvolve the bead's own size out of the measured PSFs (calibration.beadsize)
 
     def __post_init__(self):
         if self.field_model not in FIELD_MODELS:
@@ -60,6 +65,14 @@ class ModelConfig:
             raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
         if self.field_degree is not None:
             monomials(self.field_degree)
+        from calibration.empirical import SYMMETRIES
+
+        if self.symmetry not in SYMMETRIES:
+            raise ValueError(f"symmetry: expected one of {SYMMETRIES}, got {self.symmetry!r}")
+        if not 0 <= self.radial_holdout < 1:
+            raise ValueError(f"radial_holdout: expected a fraction in [0, 1), got {self.radial_holdout}")
+        if self.bootstrap == 1 or self.bootstrap < 0:
+            raise ValueError(f"bootstrap: expected 0 (no coverage map) or at least 2 resamplings, got {self.bootstrap}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,6 +98,8 @@ class BeadModelFit:
     validation: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     degree: int = 2  # of the field polynomials
+    empirical: object | None = None  # calibration.empirical.EmpiricalFit (symmetry, rank, optical centre)
+    coverage: object | None = None  # optisim.coverage.Coverage of the empirical model
 
 
 def _sigma_px(lens: Lens, modality: str) -> float:
@@ -256,66 +271,144 @@ def fit_model(stacks, lens: Lens, config: ModelConfig, *, z_step_um=None, echo=p
 
 
 def _parametric(result: BeadModelFit, config: ModelConfig) -> None:
-    fits, keep = result.fits, ~result.holdout
-    result.field_fit = fit_field(fits.subset(keep), result.lens.sensor_shape, degree=result.degree)
+    """Parametric field model with or without rotational symmetry (:mod:`calibration.symfield`), checked by band,
+    by radial hold-out and with its coverage (:mod:`calibration.validate`)."""
+    from calibration.symfield import choose_symmetry
+    from calibration.validate import by_band, fit_parametric, radial_validation_parametric
+
+    fits, keep, shape = result.fits, ~result.holdout, result.lens.sensor_shape
+    train = fits.subset(keep)
+    symmetry = config.symmetry
+    if symmetry == "auto":
+        symmetry, report = choose_symmetry(train, shape, seed=config.seed, degree=result.degree)
+    else:
+        report = {"choice": symmetry, "reason": f"--symmetry {symmetry} (as asked)"}
+    result.validation["symmetry"] = report
+    result.field_fit = fit_parametric(train, shape, symmetry=symmetry, degree=result.degree)
     result.lens = result.field_fit.lens(result.nominal)
+    hx, hy = pixel_to_field(fits.rows, fits.cols, shape)
     if result.holdout.any():
         held = fits.subset(result.holdout)
-        hx, hy = pixel_to_field(held.rows, held.cols, result.lens.sensor_shape)
-        predicted = result.field_fit.predict(hx, hy)
+        error = held.rms_error(result.field_fit.predict(hx[result.holdout], hy[result.holdout]))
         result.validation["holdout"] = {
             "beads": int(result.holdout.sum()),
-            "wavefront_difference_waves_rms": _stats(held.rms_error(predicted)),
+            "wavefront_difference_waves_rms": _stats(error),
+            "by_band": by_band(error, np.hypot(hx, hy)[result.holdout]),
             "bead_fit_correlation": _stats(held.correlation),
         }
+    if config.radial_holdout > 0:
+        try:
+            result.validation["radial_holdout"] = radial_validation_parametric(
+                fits, shape, fraction=config.radial_holdout, degree=result.degree
+            )
+        except ValueError as err:
+            result.validation["radial_holdout"] = {"skipped": str(err)}
+    if config.bootstrap:
+        try:
+            result.coverage = _parametric_coverage(result, train, symmetry, hy[keep], hx[keep], config)
+        except ValueError as err:
+            result.validation["coverage"] = {"skipped": str(err)}
+
+
+def _parametric_coverage(result: BeadModelFit, train, symmetry: str, hy, hx, config: ModelConfig):
+    """Coverage of the parametric model: PSFs (the fit window's size) of field fits to bootstrap resamplings."""
+    from calibration.validate import LensPSFs, bootstrap_coverage, fit_parametric
+
+    shape, size = result.lens.sensor_shape, result.fits.data.shape[-1]
+
+    def builder(idx):
+        fit = fit_parametric(train.subset(idx), shape, symmetry=symmetry, degree=result.degree)
+        return LensPSFs(fit.lens(result.nominal), size)
+
+    centre = getattr(result.field_fit, "centre", None)
+    return bootstrap_coverage(builder, hy, hx, shape, symmetry=symmetry, centre=centre, n=config.bootstrap,
+                              grid=config.coverage_grid, seed=config.seed)  # fmt: skip
 
 
 def _empirical(result: BeadModelFit, config: ModelConfig) -> None:
-    from optisim.psfmodel import eigen_psfs_from_samples
+    """Empirical model (:mod:`calibration.empirical`), checked by band, by radial hold-out and with its coverage
+    (:mod:`calibration.validate`)."""
+    from calibration.beadsize import remove_bead
+    from calibration.empirical import choose_model, forward_model
+    from calibration.validate import by_band, psf_correlation, radial_validation
 
-    fits, keep = result.fits, ~result.holdout
+    fits, keep, shape = result.fits, ~result.holdout, result.lens.sensor_shape
     psfs = centred_psfs(fits)
-    hx, hy = pixel_to_field(fits.rows, fits.cols, result.lens.sensor_shape)
-    rank, errors = empirical_rank(psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, config)
-    model = eigen_psfs_from_samples(
-        psfs[keep], hy[keep], hx[keep], result.lens.sensor_shape, rank=rank, grid=config.empirical_grid
-    )
-    result.psf_model, result.empirical_psfs = model, psfs
-    result.validation["rank"] = {"rank": rank, "cross_validated_error": errors}
+    diameter_px = config.fit.bead_diameter_um / result.lens.pixel_um
+    if config.remove_bead:
+        psfs = remove_bead(psfs, diameter_px)
+    hx, hy = pixel_to_field(fits.rows, fits.cols, shape)
+    fit = choose_model(psfs[keep], hy[keep], hx[keep], shape, symmetry=config.symmetry, seed=config.seed,
+                       grid=config.empirical_grid)  # fmt: skip
+    if config.bootstrap:
+        try:
+            result.coverage = _coverage(fit, psfs[keep], hy[keep], hx[keep], shape, config)
+        except ValueError as err:  # too few beads for a bootstrap: the summary says why there is no map
+            result.validation["coverage"] = {"skipped": str(err)}
+    tol = forward_tolerance(result.coverage)
+    model = forward_model(fit, config.empirical_grid, tol=tol)
+    result.psf_model, result.empirical_psfs, result.empirical = model, psfs, fit
+    result.validation["rank"] = {"rank": fit.rank, "cross_validated_error": fit.errors.get(fit.symmetry, []),
+                                 "symmetry": fit.to_dict(shape), "forward_rank": model.rank,
+                                 "forward_tolerance": tol}  # fmt: skip
+    h = np.hypot(hx, hy)
     if result.holdout.any():
-        predicted = model.psfs_at(hx[result.holdout], hy[result.holdout])
-        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(psfs[result.holdout], predicted, strict=True)]
-        result.validation["holdout"] = {"beads": int(result.holdout.sum()), "psf_correlation": _stats(np.array(corr))}
+        held = result.holdout
+        corr = psf_correlation(psfs[held], model.psfs_at(hx[held], hy[held]))
+        result.validation["holdout"] = {"beads": int(held.sum()), "psf_correlation": _stats(corr),
+                                        "by_band": by_band(corr, h[held])}  # fmt: skip
+    if config.radial_holdout > 0:
+        try:
+            result.validation["radial_holdout"] = radial_validation(
+                psfs, hy, hx, shape, fraction=config.radial_holdout, seed=config.seed, grid=config.empirical_grid
+            )
+        except ValueError as err:
+            result.validation["radial_holdout"] = {"skipped": str(err)}
+
+
+def forward_tolerance(coverage) -> float:
+    """Relative error to which a rotational model is factored for the blur operator: a quarter of the model's own
+    PSF uncertainty next to its beads (:func:`calibration.validate.reference_spread`), within
+    [``FORWARD_TOL``, 0.05]; ``FORWARD_TOL`` without a coverage map. Finer factoring than the model is known adds
+    eigen-PSFs (one convolution each in every blur) and no accuracy: on the real fibre beads 1 % needs rank 59,
+    3 % rank 17."""
+    from calibration.empirical import FORWARD_TOL
+    from calibration.validate import reference_spread
+
+    if coverage is None:
+        return FORWARD_TOL
+    s_ref = reference_spread(coverage.psf_spread, coverage.bead_distance)
+    return float(np.clip(s_ref / 4, FORWARD_TOL, 0.05))
+
+
+def _coverage(fit, psfs, hy, hx, shape, config: ModelConfig):
+    """The coverage map of the chosen empirical model: bootstrap over its beads at its symmetry, rank and centre."""
+    from calibration.empirical import build_model
+    from calibration.validate import bootstrap_coverage
+
+    def builder(idx):
+        return build_model(psfs[idx], hy[idx], hx[idx], shape, symmetry=fit.symmetry, rank=fit.rank,
+                           centre=fit.centre, grid=config.empirical_grid)  # fmt: skip
+
+    return bootstrap_coverage(builder, hy, hx, shape, symmetry=fit.symmetry, centre=fit.centre, n=config.bootstrap,
+                              grid=config.coverage_grid, seed=config.seed)  # fmt: skip
 
 
 def empirical_rank(psfs, hy, hx, sensor_shape, config: ModelConfig, *, folds: int = 5) -> tuple[int, list]:
-    """The number of eigen-PSFs that predicts unseen beads best: ``folds``-fold cross-validation over the beads.
+    """The number of eigen-PSFs (no symmetry) that predicts unseen beads best, by ``folds``-fold cross-validation
+    (:func:`calibration.empirical.cross_validated_errors`): a rank chosen by how well the eigen-PSFs reproduce the
+    beads they came from keeps fitting noise.
 
-    Measured PSFs are noisy, so a rank chosen by how well the eigen-PSFs reproduce the beads they came from keeps
-    fitting noise (every added eigen-PSF lowers that error). Here each fold's beads are predicted by a model built from
-    the other beads (:func:`optisim.psfmodel.eigen_psfs_from_samples` at each rank), and the rank with the smallest
-    relative error ``||predicted - measured|| / ||measured||`` (Frobenius, over all beads) is chosen.
-
-    Returns the rank and the cross-validated error of ranks 1, 2, ... (a list).
+    Returns the rank and the cross-validated error of ranks 1, 2, ... (a list; empty, with rank ``min(N, 3)``, for
+    fewer than 6 beads).
     """
-    from optisim.psfmodel import eigen_psfs_from_samples
+    from calibration.empirical import cross_validated_errors
 
-    n = len(psfs)
-    folds = min(folds, n)
-    if folds < 2 or n < 6:
-        return min(n, 3), []
-    order = np.random.default_rng(config.seed).permutation(n)
-    parts = [order[k::folds] for k in range(folds)]
-    max_rank = min(n - max(len(p) for p in parts), 20)
-    squared = np.zeros(max_rank)
-    for test in parts:
-        train = np.setdiff1d(order, test)
-        for k in range(1, max_rank + 1):
-            model = eigen_psfs_from_samples(psfs[train], hy[train], hx[train], sensor_shape, rank=k,
-                                            grid=config.empirical_grid)  # fmt: skip
-            squared[k - 1] += ((model.psfs_at(hx[test], hy[test]) - psfs[test]) ** 2).sum()
-    errors = np.sqrt(squared / (psfs**2).sum())
-    return int(np.argmin(errors)) + 1, [float(e) for e in errors]
+    errors = cross_validated_errors(psfs, hy, hx, sensor_shape, symmetry="none", folds=folds, seed=config.seed,
+                                    grid=config.empirical_grid)  # fmt: skip
+    if not errors:
+        return min(len(psfs), 3), []
+    return int(np.argmin(errors)) + 1, errors
 
 
 def centred_psfs(fits: BeadFits) -> np.ndarray:

@@ -54,6 +54,9 @@ class ReportData:
         ``fwhm_after`` is that of the network fine-tuned on the beads), pixels
     eigen_psfs : (E, kh, kw) float array or None, eigen-PSFs of an empirical model
     weight_maps : (E, gy, gx) float array or None, their weights over the sensor grid
+    confidence : (gy, gx) float array in [0, 1] or None, the coverage confidence on a grid spanning the outermost
+        pixel centres (:class:`optisim.coverage.Coverage`)
+    optical_centre : (row, col, sigma_row, sigma_col) pixels or None, a rotational model's optical centre
     summary : dict, key numbers (nested), shown as tables; files : dict, {description: relative path} to link
     """
 
@@ -81,6 +84,8 @@ class ReportData:
     summary: dict
     files: dict
     fwhm_simulated: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    optical_centre: tuple | None = None
 
 
 def _array(data: ReportData, name: str, shape: tuple, note: str = "", dtype=float) -> np.ndarray:
@@ -146,6 +151,8 @@ def _validate(data: ReportData) -> dict:
     out["eigen_psfs"] = None if data.eigen_psfs is None else _array(data, "eigen_psfs", (None, None, None))
     e = None if data.eigen_psfs is None else len(out["eigen_psfs"])
     out["weight_maps"] = None if e is None else _array(data, "weight_maps", (e, None, None), " (E = len(eigen_psfs))")
+    out["confidence"] = None if data.confidence is None else _array(data, "confidence", (None, None))
+    out["optical_centre"] = None if data.optical_centre is None else _array(data, "optical_centre", (4,))
     return out
 
 
@@ -214,6 +221,34 @@ def _plot_detections(d: dict, path: Path) -> None:
     ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     _sensor_axes(ax, d["sensor_shape"])
     ax.set_title(f"bead candidates: {len(beads)} detected")
+    fig.savefig(path, dpi=DPI)
+
+
+def _plot_coverage(d: dict, path: Path) -> None:
+    from matplotlib.patches import Ellipse
+
+    conf = d["confidence"]
+    fig = _figure(7, 6)
+    ax = fig.add_subplot()
+    extent = _grid_extent(d["sensor_shape"], conf.shape)
+    im = ax.imshow(conf, extent=extent, cmap="viridis", vmin=0, vmax=1, interpolation="bilinear")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="confidence (0-1)")
+    ny, nx = d["sensor_shape"]
+    gy, gx = conf.shape
+    ax.contour(np.linspace(0, nx - 1, gx), np.linspace(0, ny - 1, gy), conf, levels=[0.5], colors="white",
+               linewidths=1.5)  # fmt: skip
+    hold = d["holdout"]
+    for mask, marker, label in ((~hold, "o", "fitted"), (hold, "s", "held out")):
+        ax.scatter(d["bead_cols"][mask], d["bead_rows"][mask], marker=marker, s=40, facecolors="none",
+                   edgecolors="red", linewidths=1.0, label=f"{label} ({int(mask.sum())})")  # fmt: skip
+    if d["optical_centre"] is not None:
+        row, col, srow, scol = d["optical_centre"]
+        ax.plot(col, row, "w+", ms=14, mew=2, label=f"optical centre ({row:.1f}, {col:.1f}) px")
+        ax.add_patch(Ellipse((col, row), 2 * scol, 2 * srow, fill=False, ec="white", ls="--"))
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    _sensor_axes(ax, d["sensor_shape"])
+    below = float((conf < 0.5).mean())
+    ax.set_title(f"coverage: {100 * below:.0f} % of the grid below confidence 0.5 (white contour)")
     fig.savefig(path, dpi=DPI)
 
 
@@ -424,6 +459,11 @@ _CAPTIONS = {
     "bead scaled to its measured peak (dimensionless); labels give the bead position in pixels.",
     "residuals.png": "Per-bead fit correlation versus normalised field radius, and (with a field model) each bead's "
     "Zernike coefficient minus the field model at the bead, per mode, in waves RMS.",
+    "coverage.png": "Where the calibrated model is constrained by the beads: the coverage confidence in [0, 1] "
+    "(bootstrap PSF spread and distance to the nearest bead in the model's symmetry-reduced coordinates; "
+    "optisim.coverage), the 0.5 contour below which a region is beyond the calibration's coverage, the beads "
+    "(circles: fitted, squares: held out) and, for a rotational model, the optical centre with its 1-sigma ellipse "
+    "(pixels).",
     "eigen_psfs.png": "Eigen-PSFs of the empirical model (pixels, arbitrary amplitude) and their weight maps over the "
     "sensor (dimensionless).",
 }
@@ -439,6 +479,7 @@ def _figures_html(out_dir: Path, d: dict) -> str:
         ("psf_montage.png", _plot_montage, None if len(d["measured"]) else "no montage beads were given"),
         ("residuals.png", _plot_residuals, None),
         ("eigen_psfs.png", _plot_eigen, None if d["eigen_psfs"] is not None else "the model is not empirical"),
+        ("coverage.png", _plot_coverage, None if d["confidence"] is not None else "no coverage map was made"),
     ]
     parts = ["<h2>Figures</h2>"]
     for name, draw, skipped in figures:

@@ -12,7 +12,8 @@ to sparse beads extrapolates. So every field model is checked three ways:
   spread of the predicted PSF at every point of a field grid, ``||std_b PSF_b(h)|| / ||mean_b PSF_b(h)||``
   (Frobenius); with the distance from each grid point to the nearest bead in the model's symmetry-reduced
   coordinates (field distance without symmetry; ``|r - r_bead|`` about the optical centre for a rotational model)
-  it makes the :class:`optisim.coverage.Coverage` stored with the calibrated model.
+  it makes the :class:`optisim.coverage.Coverage` stored with the calibrated model, whose spread scale is set from
+  the spread next to the beads (:func:`spread_scale_from`).
 
 PSF correlation is Pearson's correlation of the two PSF windows' pixels (1 for identical shapes, whatever their
 scale).
@@ -27,7 +28,20 @@ import numpy as np
 
 from optisim.field import field_grid, pixel_to_field
 
-__all__ = ["BANDS", "band_labels", "bootstrap_coverage", "by_band", "psf_correlation", "radial_split"]
+__all__ = [
+    "BANDS",
+    "LensPSFs",
+    "band_labels",
+    "bootstrap_coverage",
+    "by_band",
+    "fit_parametric",
+    "psf_correlation",
+    "radial_split",
+    "radial_validation",
+    "radial_validation_parametric",
+    "reference_spread",
+    "spread_scale_from",
+]
 
 BANDS = (0.35, 0.6, 0.85)  # edges of the field-radius bands (normalised field units)
 
@@ -126,7 +140,7 @@ def bootstrap_coverage(builder, hy, hx, sensor_shape, *, symmetry: str, centre=N
         idx = rng.choice(len(hy), size=len(hy), replace=True)
         try:
             p = builder(idx).psfs_at(gx, gy)
-        except ValueError:  # a resampling too degenerate to fit (few distinct beads): skip it
+        except (ValueError, np.linalg.LinAlgError):  # a resampling too degenerate to fit (few distinct beads): skip it
             continue
         total = p if total is None else total + p
         total2 = p**2 if total2 is None else total2 + p**2
@@ -143,10 +157,119 @@ def bootstrap_coverage(builder, hy, hx, sensor_shape, *, symmetry: str, centre=N
     return Coverage(
         field_y=fy, field_x=fx, psf_spread=spread.reshape(shape), bead_distance=dist.reshape(shape),
         sensor_shape=tuple(int(v) for v in sensor_shape), symmetry=symmetry,
+        spread_scale=spread_scale_from(spread, dist),
     )  # fmt: skip
+
+
+def reference_spread(spread, distance) -> float:
+    """Median bootstrap spread at the grid points within ``DISTANCE_SCALE / 2`` of a bead (all points if none are):
+    the model's PSF uncertainty where the beads constrain it best."""
+    from optisim.coverage import DISTANCE_SCALE
+
+    spread, distance = np.asarray(spread, float).ravel(), np.asarray(distance, float).ravel()
+    near = distance <= DISTANCE_SCALE / 2
+    return float(np.median(spread[near] if near.any() else spread))
+
+
+def spread_scale_from(spread, distance) -> float:
+    """``max(SPREAD_SCALE, 2 s_ref / ln 2)`` (:mod:`optisim.coverage`): a point is beyond coverage by its spread
+    alone once it is twice as uncertain as the model is next to its beads."""
+    from optisim.coverage import SPREAD_SCALE
+
+    return max(SPREAD_SCALE, 2.0 * reference_spread(spread, distance) / math.log(2.0))
 
 
 def field_radius(rows, cols, sensor_shape) -> np.ndarray:
     """Normalised field radius ``h`` of pixel positions (from the sensor centre)."""
     hx, hy = pixel_to_field(rows, cols, sensor_shape)
     return np.hypot(hx, hy)
+
+
+def radial_validation(psfs, hy, hx, sensor_shape, *, fraction: float, seed: int = 0, grid=(9, 9),
+                      symmetries=("none", "rotational")) -> dict:  # fmt: skip
+    """Extrapolation: each symmetry's model, fitted to the inner beads only, predicts the outer beads.
+
+    Parameters
+    ----------
+    psfs : (N, w, w) measured centred PSFs; hy, hx : (N,) normalised field points; sensor_shape : (ny, nx)
+    fraction : the outermost share of the beads (by field radius from the sensor centre) held out
+    seed, grid : as :func:`calibration.empirical.choose_model`
+
+    Returns
+    -------
+    dict: ``fraction``, ``inner_radius`` (normalised field), ``outer_beads`` and ``models``:
+    ``{symmetry: {'rank', 'psf_correlation': {'beads', 'median', 'min', 'max'}, 'by_band': by_band(...)}}``, or
+    ``{symmetry: {'error': why}}`` where that model cannot be fitted to the inner beads.
+    """
+    from calibration.empirical import choose_model
+
+    psfs, hy, hx = np.asarray(psfs, float), np.asarray(hy, float), np.asarray(hx, float)
+    h = np.hypot(hx, hy)
+    outer, inner_radius = radial_split(h, fraction)
+    out = {"fraction": fraction, "inner_radius": inner_radius, "outer_beads": int(outer.sum()), "models": {}}
+    inner = ~outer
+    for symmetry in symmetries:
+        try:
+            fit = choose_model(psfs[inner], hy[inner], hx[inner], sensor_shape, symmetry=symmetry, seed=seed,
+                               grid=grid, centre_bootstrap=0)  # fmt: skip
+        except ValueError as err:
+            out["models"][symmetry] = {"error": str(err)}
+            continue
+        corr = psf_correlation(psfs[outer], fit.model.psfs_at(hx[outer], hy[outer]))
+        out["models"][symmetry] = {
+            "rank": fit.rank, "psf_correlation": _stats(corr), "by_band": by_band(corr, h[outer]),
+        }  # fmt: skip
+    return out
+
+
+def fit_parametric(fits, sensor_shape, *, symmetry: str, degree: int, centre=None):
+    """The parametric field fit of ``symmetry`` ('none': :func:`calibration.field.fit_field`; 'rotational':
+    :func:`calibration.symfield.fit_rotational_field`, about ``centre`` when given, else a fitted centre)."""
+    from calibration.field import fit_field
+    from calibration.symfield import fit_rotational_field
+
+    if symmetry == "none":
+        return fit_field(fits, sensor_shape, degree=degree)
+    if symmetry == "rotational":
+        return fit_rotational_field(fits, sensor_shape, degree=degree, centre=centre)
+    raise ValueError(f"symmetry: expected 'none' or 'rotational', got {symmetry!r}")
+
+
+def radial_validation_parametric(fits, sensor_shape, *, fraction: float, degree: int,
+                                 symmetries=("none", "rotational")) -> dict:  # fmt: skip
+    """Extrapolation of the parametric field model: each symmetry's fit to the inner beads predicts the outer beads'
+    Zernike coefficients; the error is their RMS wavefront difference (waves), per field band.
+
+    Returns the layout of :func:`radial_validation` with ``wavefront_difference_waves_rms`` in place of
+    ``psf_correlation``.
+    """
+    hx, hy = pixel_to_field(fits.rows, fits.cols, sensor_shape)
+    h = np.hypot(hx, hy)
+    outer, inner_radius = radial_split(h, fraction)
+    out = {"fraction": fraction, "inner_radius": inner_radius, "outer_beads": int(outer.sum()), "models": {}}
+    for symmetry in symmetries:
+        try:
+            fit = fit_parametric(fits.subset(~outer), sensor_shape, symmetry=symmetry, degree=degree)
+        except ValueError as err:
+            out["models"][symmetry] = {"error": str(err)}
+            continue
+        held = fits.subset(outer)
+        error = held.rms_error(fit.predict(hx[outer], hy[outer]))
+        out["models"][symmetry] = {
+            "wavefront_difference_waves_rms": _stats(error), "by_band": by_band(error, h[outer]),
+        }  # fmt: skip
+    return out
+
+
+class LensPSFs:
+    """``psfs_at(hx, hy)`` of a lens's field model (:func:`optisim.psf.compute_psfs`, windows of ``size`` pixels):
+    the predictor :func:`bootstrap_coverage` takes, for a parametric model."""
+
+    def __init__(self, lens, size: int):
+        self.lens, self.size = lens, int(size)
+
+    def psfs_at(self, hx, hy) -> np.ndarray:
+        from optisim.psf import compute_psfs
+
+        psfs, _ = compute_psfs(self.lens, hx, hy, size=self.size, allow_undersampled=True)
+        return np.asarray(psfs, dtype=np.float64)

@@ -19,14 +19,24 @@ The two are combined into a confidence in [0, 1] (:func:`confidence_from`)::
 
     confidence = exp(-psf_spread / SPREAD_SCALE) * exp(-0.5 * (bead_distance / DISTANCE_SCALE)²)
 
-with ``SPREAD_SCALE = 0.1`` and ``DISTANCE_SCALE = 0.15``. Why these scales: a bootstrap spread of 10 % of the
-PSF's norm means models fitted to equally valid subsets of the beads disagree visibly (PSF correlations near 0.9,
-where an edge PSF starts to look elongated the wrong way), and the spread term alone is then exp(-1) = 0.37. A
-distance of 0.15 in normalised field units (0.15 of the half-sensor) is about the typical spacing of the beads in
-a calibration image (a few tens of beads over the field); a point one bead spacing from every bead has a distance
-term of exp(-0.5) = 0.61, two spacings 0.14. A pixel with confidence below ``LOW_CONFIDENCE = 0.5`` is "beyond
-coverage": ``optisim deblur`` warns when an image reaches there. The confidence is a convention for flagging, not a
-calibrated probability; the two underlying maps are stored as well, so a reader can combine them otherwise.
+with ``SPREAD_SCALE = 0.1`` (the default; see below) and ``DISTANCE_SCALE = 0.15``. Why these scales: a bootstrap
+spread of 10 % of the PSF's norm means models fitted to equally valid subsets of the beads disagree visibly (PSF
+correlations near 0.9, where an edge PSF starts to look elongated the wrong way), and the spread term alone is then
+exp(-1) = 0.37. A distance of 0.15 in normalised field units (0.15 of the half-sensor) is about the typical spacing
+of the beads in a calibration image (a few tens of beads over the field); a point one bead spacing from every bead
+has a distance term of exp(-0.5) = 0.61, two spacings 0.14. A pixel with confidence below ``LOW_CONFIDENCE = 0.5``
+is "beyond coverage": ``optisim deblur`` warns when an image reaches there. The confidence is a convention for
+flagging, not a calibrated probability; the two underlying maps are stored as well, so a reader can combine them
+otherwise.
+
+Measured bead PSFs are noisy, and a model fitted to them is uncertain even where the beads are dense (on the real
+fibre beads of ``data/real`` the bootstrap spread is 0.1-0.15 next to the beads). With the fixed scale every pixel
+would then be "beyond coverage", which says nothing about *where* the model is weakest. So a calibration sets the
+map's own ``spread_scale`` (stored as ``coverage_spread_scale``) from its beads:
+``max(SPREAD_SCALE, 2 s_ref / ln 2)``, where ``s_ref`` is the median spread at the grid points within
+``DISTANCE_SCALE / 2`` of a bead (:func:`calibration.validate.bootstrap_coverage`). "Beyond coverage" then means at
+least twice as uncertain as where the beads are (or far from every bead), and ``s_ref`` itself, the model's PSF
+uncertainty where it is best constrained, is reported in ``calibration.json`` (``model.coverage.reference_spread``).
 
 Files
 -----
@@ -134,6 +144,8 @@ class Coverage:
         coordinates
     sensor_shape : (ny, nx) pixels, the sensor the field coordinates refer to
     symmetry : {'none', 'rotational'}, the coordinates ``bead_distance`` was measured in
+    spread_scale : float > 0, the ``psf_spread`` at which the spread term of the confidence is exp(-1)
+        (:data:`SPREAD_SCALE` unless the calibration set it from its beads' own spread, module docstring)
     """
 
     field_y: np.ndarray
@@ -142,6 +154,7 @@ class Coverage:
     bead_distance: np.ndarray
     sensor_shape: tuple[int, int]
     symmetry: str = "none"
+    spread_scale: float = SPREAD_SCALE
 
     def __post_init__(self):
         fy, fx = _check_axis(self.field_y, "field_y"), _check_axis(self.field_x, "field_x")
@@ -151,7 +164,8 @@ class Coverage:
             if a.shape != shape:
                 raise ValueError(f"{name}: expected shape (Gy, Gx) = {shape} (the field grid), got {a.shape}")
             object.__setattr__(self, name, a)
-        confidence_from(self.psf_spread, self.bead_distance)  # finite and >= 0
+        confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale)  # finite, >= 0
+        object.__setattr__(self, "spread_scale", float(self.spread_scale))
         try:
             ny, nx = (int(v) for v in self.sensor_shape)
         except (TypeError, ValueError):
@@ -167,7 +181,7 @@ class Coverage:
     @property
     def confidence(self) -> np.ndarray:
         """(Gy, Gx) float64 in [0, 1], :func:`confidence_from` of the two maps."""
-        return confidence_from(self.psf_spread, self.bead_distance)
+        return confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale)
 
     def confidence_map(self, offset=(0, 0), shape=None) -> np.ndarray:
         """Confidence of the sensor pixels ``offset + [0, h) x [0, w)`` (rows, columns), ``(h, w)`` float32.
@@ -263,7 +277,7 @@ def coverage_dataset(cov: Coverage):
         attrs={
             "coverage_symmetry": cov.symmetry,
             "coverage_sensor_shape": list(cov.sensor_shape),
-            "coverage_spread_scale": SPREAD_SCALE,
+            "coverage_spread_scale": cov.spread_scale,
             "coverage_distance_scale": DISTANCE_SCALE,
             "coverage_low_confidence": LOW_CONFIDENCE,
             "coverage_conventions": CONVENTIONS,
@@ -322,17 +336,10 @@ def read_coverage(path) -> Coverage | None:
     ValueError
         Not NetCDF-4, another format or version, missing coverage variables, or maps whose shape is not the grid's.
     """
-    import xarray as xr
+    from optisim._netcdf import load_dataset
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"coverage file not found: {path}")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except (OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: not a readable NetCDF-4 (HDF5) file ({reason})") from None
+    ds = load_dataset(path, "coverage file")
     name = ds.attrs.get("format")
     if name not in (FORMAT_NAME, PSF_MODEL_FORMAT):
         raise ValueError(f"{path}: not an optisim coverage or PSF model file (format {name!r})")
@@ -357,6 +364,7 @@ def read_coverage(path) -> Coverage | None:
             bead_distance=ds["bead_distance"].values,
             sensor_shape=tuple(np.atleast_1d(sensor)) if sensor is not None else None,
             symmetry=str(ds.attrs.get("coverage_symmetry", "")),
+            spread_scale=float(ds.attrs.get("coverage_spread_scale", SPREAD_SCALE)),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

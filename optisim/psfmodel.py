@@ -363,17 +363,10 @@ def write_psf_model(
 
 def _open(path) -> tuple[Path, xr.Dataset]:
     """The file loaded into memory, after the format check."""
-    import xarray as xr
+    from optisim._netcdf import load_dataset
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"PSF model file not found: {path}")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except (OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: not a readable NetCDF-4 (HDF5) file ({reason})") from None
+    ds = load_dataset(path, "PSF model file")
     name = ds.attrs.get("format")
     if name != FORMAT_NAME:
         raise ValueError(f"{path}: not an optisim PSF model (format {name!r})")

@@ -14,3 +14,4 @@ def one_torch_thread():
     (``OMP_NUM_THREADS=1``) then do the same arithmetic as in-process runs."""
     with torch_threads(1):
         yield
+

@@ -73,6 +73,16 @@ def _model_options(func):
         click.option("--field-degree", type=click.IntRange(0, 6), default=None, help="Field polynomial degree [2]."),
         click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
                      help="Fraction of beads held out of the field fit for validation."),
+        click.option("--symmetry", type=click.Choice(["auto", "none", "rotational"]), default="auto",
+                     show_default=True,
+                     help="Empirical model: rotational symmetry about a fitted optical centre, none, or the one "
+                          "that predicts unseen beads better (auto)."),
+        click.option("--radial-holdout", type=click.FloatRange(0, 1, max_open=True), default=0.25,
+                     show_default=True,
+                     help="Outermost fraction of the beads predicted from the inner ones (extrapolation check; "
+                          "0: off)."),
+        click.option("--bootstrap", type=click.IntRange(0), default=20, show_default=True,
+                     help="Bootstrap resamplings of the coverage map (0: no map)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -142,8 +152,11 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
                           min_separation=o["min_separation"])  # fmt: skip
     fit = FitConfig(modes=o["modes"], bead_diameter_um=o["bead_diameter"], modality=o["modality"],
                     fit_pupil=o["fit_pupil"])  # fmt: skip
+    if o["bootstrap"] == 1:
+        raise click.BadParameter("expected 0 (no coverage map) or at least 2 resamplings", param_hint="--bootstrap")
     model = ModelConfig(detect=detect, fit=fit, field_model=o["field_model"], field_degree=o["field_degree"],
-                        holdout=o["holdout"], seed=seed)  # fmt: skip
+                        holdout=o["holdout"], symmetry=o["symmetry"], radial_holdout=o["radial_holdout"],
+                        bootstrap=o["bootstrap"], seed=seed)  # fmt: skip
     noise = o["noise"]
     network = NetworkConfig(
         enabled=not o["no_network"], init=o["init"], source=o["source"], model=o["arch"], depth=o["depth"],

@@ -141,6 +141,25 @@ def test_beads_csv(calibrated, beads):
         assert np.hypot(*(fitted - (y, x)).T).min() < 0.1  # every bead found where it is, to 0.1 px
 
 
+def test_parametric_symmetry_validation_and_coverage(calibrated):
+    out = calibrated[1]
+    summary = json.loads((out / "calibration.json").read_text(encoding="utf-8"))
+    v, field = summary["validation"], summary["model"]["field"]
+    assert v["symmetry"]["choice"] == field["symmetry"] == "rotational", v["symmetry"]["reason"]  # a centred lens
+    row, col = field["optical_centre"]["pixel_row_col"]
+    assert abs(row - 95.5) < 6 and abs(col - 95.5) < 6, field["optical_centre"]
+    bands = v["holdout"]["by_band"]
+    assert sum(b["beads"] for b in bands.values()) == v["holdout"]["beads"]
+    assert v["holdout"]["wavefront_difference_waves_rms"]["median"] < 0.02
+    radial = v["radial_holdout"]
+    for model in radial["models"].values():
+        assert model["wavefront_difference_waves_rms"]["beads"] == radial["outer_beads"] >= 3
+    with xr.open_dataset(out / "coverage.nc", engine="h5netcdf") as ds:
+        assert ds.attrs["format"] == "optisim-coverage" and ds.attrs["coverage_symmetry"] == "rotational"
+        assert float(ds["confidence"].max()) <= 1 and ds["psf_spread"].dims == ("coverage_y", "coverage_x")
+    assert 0 <= summary["model"]["coverage"]["share_below"] <= 1
+
+
 def test_calibrated_lens_works_with_other_commands(calibrated, tmp_path):
     lens_file = calibrated[1] / "lens.toml"
     shown = invoke("lens", "show", lens_file)

@@ -134,17 +134,23 @@ def test_finetuning_lowers_the_masked_loss(calibrated, pairs, tmp_path):
     _, out = calibrated
     from learn.checkpoint import load_model
 
-    def loss(path: Path) -> float:
+    def losses(path: Path, seed: int) -> torch.Tensor:
+        """Masked MSE per tile on 64 tiles drawn with ``seed`` (the same tiles for both models)."""
         model, _, _ = load_model(path, device="cpu")
-        x, y, m, offsets = _draw(pairs, 64, 16, np.random.default_rng(99))  # the same tiles for both
+        x, y, m, offsets = _draw(pairs, 64, 64, np.random.default_rng(seed))
         with torch.no_grad():
-            return float((((model(x, offsets) - y) ** 2) * m).sum() / m.sum())
+            return (((model(x, offsets) - y) ** 2) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp(min=1)
 
     tuned = tmp_path / "tuned.pt"
     record = finetune_on_beads(out / "training" / "best.pt", pairs, tuned, steps=200, lr=3e-3, tile=64, batch_size=4,
                                seed=0, progress=False)  # fmt: skip
     assert record["loss_last"] < 0.5 * record["loss_first"], record  # measured: 0.33
-    assert loss(tuned) < 0.85 * loss(out / "training" / "best.pt"), record  # on other tiles; measured: 0.72
+    # on other tiles, 64 per draw (one 16-tile draw measured 1.00 where 64-tile draws measured 0.71-0.74 with
+    # fitted-energy targets; with measured-flux targets 64-tile draws measured 0.85-0.89, better on 95-100 % of tiles)
+    for seed in (1, 2, 3):
+        after, before = losses(tuned, seed), losses(out / "training" / "best.pt", seed)
+        assert after.mean() < 0.95 * before.mean(), (seed, float(after.mean() / before.mean()), record)
+        assert (after < before).float().mean() >= 0.9, (seed, record)
 
 
 def test_finetune_errors(calibrated, pairs, scene, tmp_path):

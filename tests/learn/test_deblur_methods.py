@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from click.testing import CliRunner
+from shared_helpers import one_line_error
+from shared_helpers import run_cli as run
 
 from learn.baselines import deconvolve, richardson_lucy_lowrank, rl_tv
 from learn.methods import deconvolve_image, load_method
 from learn.metrics import psnr
 from optisim.blur import ProductConvolution
-from optisim.cli import main
 from optisim.coverage import LOW_CONFIDENCE, Coverage
 from optisim.field import field_grid
 from optisim.io import read_tiff_metadata, write_tiff
@@ -211,20 +211,6 @@ def files(tmp_path_factory, lens, model, scene_pair):
         "sharp": sharp,
         "blurred": blurred,
     }
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def one_line_error(result, text):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
+from shared_helpers import one_line_error
+from shared_helpers import run_cli as run
 
 from learn.baselines import BASELINES
 from learn.checkpoint import save_checkpoint
 from learn.evaluate import evaluate
-from optisim.cli import main
 from optisim.lens import Lens
 
 SENSOR = (128, 128)
@@ -28,20 +28,6 @@ def result(trained, tmp_path_factory):
     checkpoint, data = trained
     r = evaluate(checkpoint, data, output=out, max_samples=2, tune_samples=2, balances=(1e-3, 1e-2), progress=False)
     return r, out
-
-
-def run(*args, ok=True):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
-
-
-def one_line_error(r, text):
-    assert r.exit_code == 1, r.output
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], r.output
-    assert "Traceback" not in r.output
 
 
 def test_metrics_json_has_every_method(result):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from click.testing import CliRunner
 from PIL import Image
+from shared_helpers import one_line_error
+from shared_helpers import run_cli as run
 
 from learn.checkpoint import load_model
 from learn.infer import check_geometry, deblur_files, deblur_image, read_image_metadata, tile_spans
 from learn.models import ModelConfig, build_model
-from optisim.cli import main
 from optisim.io import read_tiff_metadata, write_tiff
 from optisim.lens import load_preset
 
@@ -190,20 +190,6 @@ def test_pixel_size_mismatch_warns_naming_both(lens):
 
 
 # --- files and the command line -------------------------------------------------------------------------------------
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def one_line_error(result, text):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], result.output
-    assert "Traceback" not in result.output
 
 
 def test_cli_one_tiff(checkpoint, scene, tmp_path):
