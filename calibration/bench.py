@@ -257,6 +257,8 @@ def _fibre_figures(summary: dict) -> dict:
         "holdout_by_band": holdout.get("by_band"),
         "radial_holdout": (summary.get("validation") or {}).get("radial_holdout"),
         "coverage": summary["model"].get("coverage"),
+        "crowded_beads": ((summary.get("validation") or {}).get("crowded") or {}).get("beads"),
+        "deblurred_beads": (summary.get("validation") or {}).get("deblurred_beads"),
         "network": bool(summary.get("network")),
         **{f"fwhm_{k}_px": width.get(k) for k in keys},
         "fwhm_median_simulated_px": simulated.get("median_after"),
@@ -360,6 +362,11 @@ def _beads(n) -> str:
     return f"{n} bead" if n == 1 else f"{n} beads"
 
 
+def _bands(rows: list, key: str) -> str:
+    """``'1.10 / - / 1.21 / 2.03'``: one band's median per field band (``-`` where the band has no bead)."""
+    return " / ".join("-" if row[key] is None else f"{row[key]:.2f}" for row in rows)
+
+
 def table_rows(case: str, r: dict) -> list:
     """``[(figure, target, measured), ...]`` for one case's figures ``r`` (from :func:`run_case`)."""
     s = f"{_f(r['seconds'], '.1f')} s"
@@ -400,6 +407,17 @@ def table_rows(case: str, r: dict) -> list:
         rows.append((f"outer {r['radial_holdout']['outer_beads']} beads predicted from the inner ones ({name})", "",
                      model["error"] if "error" in model else
                      f"median {_f(corr.get('median'), '.3f')}, min {_f(corr.get('min'), '.3f')}"))  # fmt: skip
+    for part, label in (("holdout", "held-out"), ("radial_holdout", "outer (model of the inner beads)")):
+        check = ((r.get("deblurred_beads") or {}).get(part) or {}).get("methods") or {}
+        for name, m in check.items():
+            if name == "raw":
+                continue
+            rows.append((f"{label} beads deblurred by {name}: aspect by band", "<= 1.3",
+                         _bands(m["by_band"], "aspect")))  # fmt: skip
+            rows.append(("  same: flux ratio by band; edge/centre flux", "1 +- 0.15",
+                         f"{_bands(m['by_band'], 'flux_ratio')}; {_f(m.get('edge_centre_flux'), '.2f')}"))  # fmt: skip
+        if check.get("raw"):
+            rows.append((f"{label} beads, raw: aspect by band", "", _bands(check["raw"]["by_band"], "aspect")))
     if r.get("coverage"):
         c = r["coverage"]
         rows.append(("coverage: sensor share below confidence 0.5", "", f"{100 * c['share_below']:.1f} % (PSF "

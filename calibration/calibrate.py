@@ -45,6 +45,14 @@ class CalibrateConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     dataset: str | None = None
     channel: int | None = None
+    check_methods: tuple[str, ...] = ("rl", "rl-tv")  # classical methods of the deblurred-bead check (deblurcheck)
+
+    def __post_init__(self):
+        from calibration.deblurcheck import CHECK_METHODS
+
+        unknown = [m for m in self.check_methods if m not in CHECK_METHODS[1:]]
+        if unknown:
+            raise ValueError(f"check_methods: expected some of {CHECK_METHODS[1:]}, got {unknown}")
 
 
 def _stage(echo, k: int, total: int, text: str) -> None:
@@ -75,6 +83,9 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
     network = {}
     if config.network.enabled:
         network = _network(result, stacks, forward, config, out, total, progress=progress, echo=echo)
+    if config.check_methods or network:
+        _check_deblurring(result, stacks, model_config, config, out / network["checkpoint"] if network else None,
+                          echo=echo)  # fmt: skip
     _stage(echo, total, total, "writing calibration.json, beads.csv and report.html")
     summary = _summary(result, config, stacks, forward, network)
     summary["seconds"] = {k: round(v, 3) for k, v in result.seconds.items()}
@@ -85,6 +96,32 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
 
     write_report(out, report_data(result, stacks, summary, network))
     return summary
+
+
+def _check_deblurring(result: BeadModelFit, stacks, model_config, config: CalibrateConfig, network_path, *,
+                      echo) -> None:  # fmt: skip
+    """The deblurred-bead check (:mod:`calibration.deblurcheck`) into ``result.validation['deblurred_beads']``."""
+    from calibration.deblurcheck import check_deblurring
+    from optisim.cli._options import resolve_device
+
+    t = time.perf_counter()
+    device = resolve_device(config.network.device) if network_path is not None else "cpu"
+    check = check_deblurring(result, bead_planes(result, stacks), model_config, methods=config.check_methods,
+                             network_path=network_path, device=device, echo=echo)  # fmt: skip
+    result.validation["deblurred_beads"] = check
+    result.seconds["deblur_check"] = time.perf_counter() - t
+    for name, part in (("held-out", check.get("holdout", {})), ("radially held-out", check.get("radial_holdout", {}))):
+        for method, m in (part.get("methods") or {}).items():
+            if method == "raw":
+                continue
+            edge = m["by_band"][-1]
+            if edge["sources"]:
+                echo(f"  {name} beads at the edge, {method}: aspect {_num(edge['aspect'])}, flux ratio "
+                     f"{_num(edge['flux_ratio'])}, edge/centre flux {_num(m['edge_centre_flux'])}")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _write_forward_model(result: BeadModelFit, out: Path) -> Path:
@@ -260,7 +297,7 @@ def _model_summary(result: BeadModelFit, forward: Path) -> dict:
             "file": "coverage.nc", "low_confidence": LOW_CONFIDENCE,
             "share_below": float((confidence < LOW_CONFIDENCE).mean()),
             "confidence_median": float(np.median(confidence)), "confidence_min": float(confidence.min()),
-            "spread_scale": result.coverage.spread_scale,
+            "spread_scale": result.coverage.spread_scale, "distance_scale": result.coverage.distance_scale,
             "reference_spread": reference_spread(result.coverage.psf_spread, result.coverage.bead_distance),
         }  # fmt: skip
     return out

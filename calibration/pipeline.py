@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from calibration.detect import DetectConfig, Detection, check_detection, detect_beads
-from calibration.field import FieldFit, fit_field, monomials, resolve_signs
+from calibration.field import FieldFit, monomials, resolve_signs
 from calibration.fit import BeadFits, FitConfig, fit_beads
 from calibration.io import BeadStack
 from calibration.measure import bead_fwhm, extract_crops
@@ -99,6 +99,7 @@ class BeadModelFit:
     seconds: dict = field(default_factory=dict)
     degree: int = 2  # of the field polynomials
     empirical: object | None = None  # calibration.empirical.EmpiricalFit (symmetry, rank, optical centre)
+    crowded: np.ndarray | None = None  # (N,) bool: another candidate inside the bead's fit window (empirical)
     coverage: object | None = None  # optisim.coverage.Coverage of the empirical model
 
 
@@ -187,6 +188,26 @@ def auto_degree(n: int) -> int:
         if n >= 2 * len(monomials(degree)):
             return degree
     return 0
+
+
+def crowded_beads(detections, rows, cols, window: int) -> np.ndarray:
+    """(N,) bool: another candidate of the same image (kept or rejected) lies inside the fitted bead's ``window``
+    square (Chebyshev distance <= ``window // 2`` from its fitted position), so its window is not one PSF.
+
+    ``rows``, ``cols``: the fitted positions, in the order of :func:`fit_indices`.
+    """
+    half = window // 2
+    out = np.zeros(len(rows), dtype=bool)
+    by_frame = {}
+    for det in detections:
+        for b in det.beads:
+            by_frame.setdefault(b.frame, []).append(b)
+    for (frame, index), k in fit_indices(detections).items():
+        others = [(b.y, b.x) for b in by_frame.get(frame, []) if b.index != index]
+        if others:
+            d = np.abs(np.asarray(others) - [rows[k], cols[k]]).max(axis=1)
+            out[k] = bool((d <= half).any())
+    return out
 
 
 def fit_indices(detections) -> dict:
@@ -332,7 +353,17 @@ def _empirical(result: BeadModelFit, config: ModelConfig) -> None:
     from calibration.empirical import choose_model, forward_model
     from calibration.validate import by_band, psf_correlation, radial_validation
 
-    fits, keep, shape = result.fits, ~result.holdout, result.lens.sensor_shape
+    fits, shape = result.fits, result.lens.sensor_shape
+    crowded = crowded_beads(result.detections, fits.rows, fits.cols, fits.data.shape[-1])
+    clean = ~crowded
+    if (clean & ~result.holdout).sum() < 6:  # too few clean beads: use them all, and say so
+        result.validation["crowded"] = {"beads": int(crowded.sum()), "excluded": False,
+                                        "reason": "fewer than 6 clean training beads would remain"}  # fmt: skip
+        clean = np.ones(len(fits), dtype=bool)
+    else:
+        result.validation["crowded"] = {"beads": int(crowded.sum()), "excluded": bool(crowded.any())}
+    result.crowded = ~clean
+    keep = ~result.holdout & clean
     psfs = centred_psfs(fits)
     diameter_px = config.fit.bead_diameter_um / result.lens.pixel_um
     if config.remove_bead:
@@ -352,15 +383,16 @@ def _empirical(result: BeadModelFit, config: ModelConfig) -> None:
                                  "symmetry": fit.to_dict(shape), "forward_rank": model.rank,
                                  "forward_tolerance": tol}  # fmt: skip
     h = np.hypot(hx, hy)
-    if result.holdout.any():
-        held = result.holdout
+    held = result.holdout & clean
+    if held.any():
         corr = psf_correlation(psfs[held], model.psfs_at(hx[held], hy[held]))
         result.validation["holdout"] = {"beads": int(held.sum()), "psf_correlation": _stats(corr),
                                         "by_band": by_band(corr, h[held])}  # fmt: skip
     if config.radial_holdout > 0:
         try:
             result.validation["radial_holdout"] = radial_validation(
-                psfs, hy, hx, shape, fraction=config.radial_holdout, seed=config.seed, grid=config.empirical_grid
+                psfs[clean], hy[clean], hx[clean], shape, fraction=config.radial_holdout, seed=config.seed,
+                grid=config.empirical_grid,
             )
         except ValueError as err:
             result.validation["radial_holdout"] = {"skipped": str(err)}

@@ -34,6 +34,7 @@ __all__ = [
     "band_labels",
     "bootstrap_coverage",
     "by_band",
+    "distance_scale_from",
     "fit_parametric",
     "psf_correlation",
     "radial_split",
@@ -158,7 +159,24 @@ def bootstrap_coverage(builder, hy, hx, sensor_shape, *, symmetry: str, centre=N
         field_y=fy, field_x=fx, psf_spread=spread.reshape(shape), bead_distance=dist.reshape(shape),
         sensor_shape=tuple(int(v) for v in sensor_shape), symmetry=symmetry,
         spread_scale=spread_scale_from(spread, dist),
+        distance_scale=distance_scale_from(hy, hx, centre=centre if symmetry == "rotational" else None),
     )  # fmt: skip
+
+
+def distance_scale_from(hy, hx, *, centre=None) -> float:
+    """``max(DISTANCE_SCALE, d_nn)`` (:mod:`optisim.coverage`): ``d_nn`` the median distance from each bead to its
+    nearest neighbour, in the field plane (``centre`` None) or in field radius about the optical centre."""
+    from optisim.coverage import DISTANCE_SCALE
+
+    hy, hx = np.asarray(hy, float), np.asarray(hx, float)
+    if centre is None:
+        d = np.hypot(hy[:, None] - hy[None, :], hx[:, None] - hx[None, :])
+    else:
+        r = np.hypot(hy - centre[0], hx - centre[1])
+        d = np.abs(r[:, None] - r[None, :])
+    np.fill_diagonal(d, np.inf)
+    nearest = d.min(axis=1) if len(d) > 1 else np.zeros(1)
+    return max(DISTANCE_SCALE, float(np.median(nearest)))
 
 
 def reference_spread(spread, distance) -> float:

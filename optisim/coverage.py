@@ -37,6 +37,10 @@ map's own ``spread_scale`` (stored as ``coverage_spread_scale``) from its beads:
 ``DISTANCE_SCALE / 2`` of a bead (:func:`calibration.validate.bootstrap_coverage`). "Beyond coverage" then means at
 least twice as uncertain as where the beads are (or far from every bead), and ``s_ref`` itself, the model's PSF
 uncertainty where it is best constrained, is reported in ``calibration.json`` (``model.coverage.reference_spread``).
+Likewise the distance scale is the beads' own spacing where that is wider: ``max(DISTANCE_SCALE, d_nn)``, ``d_nn``
+the median distance from each bead to its nearest neighbour in the same symmetry-reduced coordinates (30 beads over
+the whole field are about 0.35 apart), stored as ``coverage_distance_scale``: "beyond coverage" by distance alone
+means farther from every bead than the beads are from each other.
 
 Files
 -----
@@ -146,6 +150,8 @@ class Coverage:
     symmetry : {'none', 'rotational'}, the coordinates ``bead_distance`` was measured in
     spread_scale : float > 0, the ``psf_spread`` at which the spread term of the confidence is exp(-1)
         (:data:`SPREAD_SCALE` unless the calibration set it from its beads' own spread, module docstring)
+    distance_scale : float > 0, normalised field units, the ``bead_distance`` at which the distance term is
+        exp(-1/2) (:data:`DISTANCE_SCALE` unless the calibration set it from its beads' spacing)
     """
 
     field_y: np.ndarray
@@ -155,6 +161,7 @@ class Coverage:
     sensor_shape: tuple[int, int]
     symmetry: str = "none"
     spread_scale: float = SPREAD_SCALE
+    distance_scale: float = DISTANCE_SCALE
 
     def __post_init__(self):
         fy, fx = _check_axis(self.field_y, "field_y"), _check_axis(self.field_x, "field_x")
@@ -164,8 +171,10 @@ class Coverage:
             if a.shape != shape:
                 raise ValueError(f"{name}: expected shape (Gy, Gx) = {shape} (the field grid), got {a.shape}")
             object.__setattr__(self, name, a)
-        confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale)  # finite, >= 0
+        confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale,
+                        distance_scale=self.distance_scale)  # finite, >= 0  # fmt: skip
         object.__setattr__(self, "spread_scale", float(self.spread_scale))
+        object.__setattr__(self, "distance_scale", float(self.distance_scale))
         try:
             ny, nx = (int(v) for v in self.sensor_shape)
         except (TypeError, ValueError):
@@ -181,7 +190,8 @@ class Coverage:
     @property
     def confidence(self) -> np.ndarray:
         """(Gy, Gx) float64 in [0, 1], :func:`confidence_from` of the two maps."""
-        return confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale)
+        return confidence_from(self.psf_spread, self.bead_distance, spread_scale=self.spread_scale,
+                               distance_scale=self.distance_scale)  # fmt: skip
 
     def confidence_map(self, offset=(0, 0), shape=None) -> np.ndarray:
         """Confidence of the sensor pixels ``offset + [0, h) x [0, w)`` (rows, columns), ``(h, w)`` float32.
@@ -278,7 +288,7 @@ def coverage_dataset(cov: Coverage):
             "coverage_symmetry": cov.symmetry,
             "coverage_sensor_shape": list(cov.sensor_shape),
             "coverage_spread_scale": cov.spread_scale,
-            "coverage_distance_scale": DISTANCE_SCALE,
+            "coverage_distance_scale": cov.distance_scale,
             "coverage_low_confidence": LOW_CONFIDENCE,
             "coverage_conventions": CONVENTIONS,
         },
@@ -365,6 +375,7 @@ def read_coverage(path) -> Coverage | None:
             sensor_shape=tuple(np.atleast_1d(sensor)) if sensor is not None else None,
             symmetry=str(ds.attrs.get("coverage_symmetry", "")),
             spread_scale=float(ds.attrs.get("coverage_spread_scale", SPREAD_SCALE)),
+            distance_scale=float(ds.attrs.get("coverage_distance_scale", DISTANCE_SCALE)),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -83,6 +83,9 @@ def _model_options(func):
                           "0: off)."),
         click.option("--bootstrap", type=click.IntRange(0), default=20, show_default=True,
                      help="Bootstrap resamplings of the coverage map (0: no map)."),
+        click.option("--check-methods", default="rl,rl-tv", show_default=True,
+                     help="Classical methods that deblur the bead image in the validation, comma-separated "
+                          "('' for none); the network is always checked when there is one."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -167,7 +170,11 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
     )  # fmt: skip
     if o["finetune_beads"] and o["no_network"]:
         raise click.UsageError("--finetune-beads fine-tunes the network; it cannot go with --no-network")
-    config = CalibrateConfig(optics=optics, model=model, network=network, dataset=o["dataset"], channel=o["channel"])
+    checks = tuple(m.strip() for m in o["check_methods"].split(",") if m.strip())
+    if unknown := [m for m in checks if m not in ("rl", "rl-tv")]:
+        raise click.BadParameter(f"expected some of rl, rl-tv, got {', '.join(unknown)}", param_hint="--check-methods")
+    config = CalibrateConfig(optics=optics, model=model, network=network, dataset=o["dataset"], channel=o["channel"],
+                             check_methods=checks)  # fmt: skip
     summary = run([str(p) for p in beads], output, config=config, overwrite=overwrite, progress=not quiet,
                   echo=click.echo)  # fmt: skip
     _print_summary(summary, output)

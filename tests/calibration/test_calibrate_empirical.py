@@ -63,6 +63,13 @@ def test_validation_by_band_and_by_radial_holdout(calibrated):
     for model in radial["models"].values():
         assert model["psf_correlation"]["beads"] == radial["outer_beads"]
         assert model["by_band"]["h<0.35"]["beads"] == 0  # only the outer beads are predicted
+    check = v["deblurred_beads"]
+    assert check["methods"] == ["rl", "rl-tv"] and set(check["holdout"]["methods"]) == {"raw", "rl", "rl-tv"}
+    rl = check["holdout"]["methods"]["rl"]["by_band"]
+    assert sum(r["sources"] for r in rl) == check["holdout"]["beads"] >= 3
+    for row in rl:  # the true lens blurs these beads; RL with the calibrated model keeps their light
+        assert row["flux_ratio"] is None or 0.8 < row["flux_ratio"] < 1.25, rl
+    assert check["radial_holdout"]["outer_beads"] == radial["outer_beads"]
 
 
 def test_coverage_files_open_with_xarray(calibrated):
@@ -90,11 +97,15 @@ def test_coverage_files_open_with_xarray(calibrated):
 def test_symmetry_none_and_no_coverage(calibrated, tmp_path):
     src = calibrated[1].parent / "beads.tif"
     args = ["calibrate", str(src), "-o", str(tmp_path / "n"), *OPTICS, "--field-model", "empirical", "--no-network",
-            "--symmetry", "none", "--bootstrap", "0", "--radial-holdout", "0", "--quiet"]  # fmt: skip
+            "--symmetry", "none", "--bootstrap", "0", "--radial-holdout", "0", "--check-methods", "",
+            "--quiet"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "n" / "calibration.json").read_text(encoding="utf-8"))
     assert summary["model"]["empirical"]["symmetry"] == "none" and "coverage" not in summary["model"]
     assert "radial_holdout" not in summary["validation"] and not (tmp_path / "n" / "coverage.nc").exists()
-    bad = CliRunner().invoke(main, [*args[:-7], "--bootstrap", "1"])
+    assert "deblurred_beads" not in summary["validation"]
+    bad = CliRunner().invoke(main, [*args[:-9], "--bootstrap", "1"])
     assert bad.exit_code == 2 and "--bootstrap" in bad.output
+    bad = CliRunner().invoke(main, [*args[:-9], "--check-methods", "rl,wiener"])
+    assert bad.exit_code == 2 and "--check-methods" in bad.output and "wiener" in bad.output

@@ -39,7 +39,7 @@ def test_auto_chooses_rotational_for_a_symmetric_instrument(symmetric):
     assert min(fit.errors["rotational"]) < min(fit.errors["none"])
     assert 256 * np.hypot(fit.centre[0] - CENTRE[0], fit.centre[1] - CENTRE[1]) < 2.0
     d = fit.to_dict(SENSOR)
-    assert d["symmetry"] == "rotational" and "smaller wins" in d["reason"]
+    assert d["symmetry"] == "rotational" and "per-bead difference" in d["reason"]
     row, col = d["optical_centre"]["pixel_row_col"]
     assert abs(row - (255.5 + 256 * CENTRE[0])) < 2 and abs(col - (255.5 + 256 * CENTRE[1])) < 2
     eigen = forward_model(fit, (9, 9), tol=0.02)  # what the blur operator takes

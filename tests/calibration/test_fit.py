@@ -69,8 +69,10 @@ def test_field_coefficients_within_0_02_waves(synthetic):
     assert result.kind == "parametric" and result.degree == 2
     worst = field_term_difference(result.lens.aberrations, TRUE_FIELD)
     assert worst <= 0.02, f"worst field term differs by {worst:.4f} waves"
-    # every fitted term carries an uncertainty, and the held-out beads agree with the surface
-    assert (result.field_fit.uncertainty > 0).all()
+    # every fitted term carries an uncertainty (a rotational fit lists only the terms its symmetry allows), and the
+    # held-out beads agree with the surface
+    terms = [t for mode in result.field_fit.to_dict()["modes"] for t in mode["terms"]]
+    assert terms and all(t["uncertainty"] > 0 for t in terms)
     held = result.validation["holdout"]
     assert held["beads"] >= 5 and held["wavefront_difference_waves_rms"]["max"] < 0.03
 
