@@ -6,9 +6,10 @@ network, and spatially varying Richardson-Lucy ``rl`` and ``rl-tv`` with the cal
 defaults) and measures the beads on the raw and the deblurred plane with
 :func:`learn.pointsources.measure_sources`:
 
-* aperture radius ``w / 2`` and background annulus ``(w / 2, w / 2 + 4)`` pixels, ``w`` the fit window (so the raw
-  beads' light is inside the aperture); the plane is the network's input (:class:`calibration.network.BeadPlane`,
-  background removed, normalised intensity); beads closer to the border than the annulus are not measured;
+* aperture radius ``w / 2`` pixels, ``w`` the fit window (so the raw beads' light is inside the aperture), on the
+  network's input plane (:class:`calibration.network.BeadPlane`: normalised intensity with the detection's
+  background map already removed, so the background is taken as 0: a local annulus would catch the wide raw
+  beads' wings and under-read their flux by 5-20 %); beads closer to the border than the aperture are not measured;
 * per field band (:data:`learn.pointsources.BAND_EDGES`): the median ``aspect`` ratio, ``fwhm`` (px) and
   ``flux_ratio`` (each bead's deblurred flux over its raw flux), and ``edge_centre_flux``: the median flux ratio at
   ``h >= 0.85`` over the one at ``h < 0.35`` (1: the deblurred image keeps the raw image's edge/centre flux; None
@@ -35,7 +36,6 @@ from learn.pointsources import BAND_EDGES, band_labels, measure_sources, source_
 __all__ = ["CHECK_METHODS", "bead_check", "check_deblurring", "classical", "forward_of", "network"]
 
 CHECK_METHODS = ("network", "rl", "rl-tv")
-ANNULUS_WIDTH = 4.0  # pixels of background annulus outside the aperture
 
 
 def classical(model, method: str):
@@ -90,7 +90,7 @@ def bead_check(planes, beads_per_plane, methods: dict, sensor_shape, *, window: 
     flux ratio is 1).
     """
     aperture = window / 2.0
-    margin = float(np.ceil(aperture + ANNULUS_WIDTH))
+    margin = float(np.ceil(aperture))
     raw, out, hs, skipped = [], {name: [] for name in methods}, [], 0
     for plane, (rows, cols) in zip(planes, beads_per_plane, strict=True):
         image = plane.normalised()
@@ -100,10 +100,9 @@ def bead_check(planes, beads_per_plane, methods: dict, sensor_shape, *, window: 
             continue
         positions = np.stack([np.asarray(rows, float)[keep], np.asarray(cols, float)[keep]], axis=1)
         hs.append(source_field_radius(positions, sensor_shape))
-        annulus = (aperture, aperture + ANNULUS_WIDTH)
-        raw.append(measure_sources(image, positions, aperture=aperture, annulus=annulus))
+        raw.append(measure_sources(image, positions, aperture=aperture, background=0.0))
         for name, deblur in methods.items():
-            out[name].append(measure_sources(deblur(image), positions, aperture=aperture, annulus=annulus))
+            out[name].append(measure_sources(deblur(image), positions, aperture=aperture, background=0.0))
     result = {"beads": int(sum(len(h) for h in hs)), "skipped": skipped, "aperture_px": aperture, "methods": {}}
     if not hs:
         return result

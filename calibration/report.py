@@ -419,6 +419,47 @@ def _table(summary: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _without_check(summary: dict) -> dict:
+    """The summary without ``validation.deblurred_beads`` (:func:`_deblur_section` shows it as its own tables)."""
+    validation = summary.get("validation")
+    if not isinstance(validation, dict) or "deblurred_beads" not in validation:
+        return summary
+    return {**summary, "validation": {k: v for k, v in validation.items() if k != "deblurred_beads"}}
+
+
+_CHECK_PARTS = {
+    "holdout": "Held-out beads, deblurred with the calibrated model (and the network)",
+    "radial_holdout": "Outer beads, deblurred with the model of the inner beads only (extrapolation)",
+}
+
+
+def _deblur_section(summary: dict) -> str:
+    """Tables of the deblurred-bead check (:mod:`calibration.deblurcheck`): method x field band."""
+    check = (summary.get("validation") or {}).get("deblurred_beads") if isinstance(summary, dict) else None
+    if not isinstance(check, dict):
+        return ""
+    parts = ["<h2>Deblurred beads: shape and light by field band</h2><p>Median aspect ratio (1 = round), FWHM (px) "
+             "and flux ratio (deblurred / raw aperture sum; 1 = light kept) of the beads in each band of the "
+             "normalised field radius h, raw and after each method; edge/centre: the outermost band's flux ratio "
+             "over the innermost's.</p>"]
+    for key, title in _CHECK_PARTS.items():
+        part = check.get(key) or {}
+        if isinstance(part.get("skipped"), str):  # the check could not be made (a count is beads near the border)
+            parts.append(f"<h3>{html.escape(title)}</h3><p>not made: {html.escape(str(part['skipped']))}</p>")
+            continue
+        rows = []
+        for method, m in (part.get("methods") or {}).items():
+            for r in m.get("by_band", []):
+                cells = [method, r["band"], r["sources"], r["aspect"], r["fwhm"], r["flux_ratio"]]
+                rows.append("<tr>" + "".join(f"<td>{'' if c is None else _fmt(c)}</td>" for c in cells) + "</tr>")
+            if m.get("edge_centre_flux") is not None:
+                rows.append(f'<tr><td>{html.escape(method)}</td><td colspan="4">edge/centre flux</td>'
+                            f"<td>{_fmt(m['edge_centre_flux'])}</td></tr>")  # fmt: skip
+        head = "".join(f"<th>{h}</th>" for h in ("method", "band", "beads", "aspect", "FWHM (px)", "flux ratio"))
+        parts.append(f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{''.join(rows)}</table>")
+    return "".join(parts)
+
+
 def _bead_table(beads: list[dict]) -> str:
     keys = ("index", "frame", "y", "x", "snr", "status", "reason", "holdout")
     head = "".join(f"<th>{k}</th>" for k in keys)
@@ -523,7 +564,8 @@ def write_report(out_dir, data: ReportData) -> Path:
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{_CSS}</style></head><body><h1>{title}</h1>{_intro(data, d)}"
-        f"<h2>Summary</h2>{_table(data.summary)}<h2>Files</h2><ul>{links}</ul>{_figures_html(out_dir, d)}"
+        f"<h2>Summary</h2>{_table(_without_check(data.summary))}{_deblur_section(data.summary)}"
+        f"<h2>Files</h2><ul>{links}</ul>{_figures_html(out_dir, d)}"
         f"<h2>Bead candidates ({len(data.beads)})</h2>{_bead_table(data.beads)}</body></html>\n"
     )
     path = out_dir / "report.html"

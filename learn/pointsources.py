@@ -180,7 +180,7 @@ def _adaptive_moments(f: np.ndarray, dy: np.ndarray, dx: np.ndarray, start: floa
     return cov, mu
 
 
-def measure_sources(image, positions, *, aperture: float, annulus=None) -> dict:
+def measure_sources(image, positions, *, aperture: float, annulus=None, background=None) -> dict:
     """Flux, FWHM and aspect ratio of the sources at ``positions`` in ``image`` (see the module docstring).
 
     Parameters
@@ -190,6 +190,9 @@ def measure_sources(image, positions, *, aperture: float, annulus=None) -> dict:
     aperture : float, radius (pixels) of the flux aperture and of the pixels the shape is measured on
     annulus : (inner, outer) floats or None, pixels, the background annulus (default ``(aperture, aperture + 4)``);
         ``aperture <= inner < outer``. Every source must lie at least ``ceil(outer)`` pixels inside the image.
+    background : float or None, a known background (image units per pixel) in place of the annulus median, for
+        images whose background is already removed; then only the aperture must lie inside the image (``annulus``
+        is not used). Wide sources reach into any nearby annulus, whose median then takes some of their light.
 
     Returns
     -------
@@ -206,10 +209,16 @@ def measure_sources(image, positions, *, aperture: float, annulus=None) -> dict:
     """
     img, p = _image(image), _positions(positions)
     aperture, inner, outer = _radii(aperture, annulus)
-    windows, dy, dx = _windows(img, p, math.ceil(outer))
+    if background is not None and not math.isfinite(float(background)):
+        raise ValueError(f"background: expected a finite value, got {background!r}")
+    windows, dy, dx = _windows(img, p, math.ceil(outer if background is None else aperture))
     d2 = dy**2 + dx**2
-    ring = (d2 >= inner**2) & (d2 < outer**2)
-    background = np.array([np.median(wi[r]) for wi, r in zip(windows, ring, strict=True)]) if len(p) else np.zeros(0)
+    if background is None:
+        ring = (d2 >= inner**2) & (d2 < outer**2)
+        background = np.array([np.median(wi[r]) for wi, r in zip(windows, ring, strict=True)]) if len(p) else []
+        background = np.asarray(background, dtype=np.float64)
+    else:
+        background = np.full(len(p), float(background))
     inside = d2 <= aperture**2
     above = (windows - background[:, None, None]) * inside
     flux = above.sum(axis=(1, 2))

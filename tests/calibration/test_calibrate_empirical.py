@@ -91,6 +91,7 @@ def test_coverage_files_open_with_xarray(calibrated):
     _, model = read_psf_model(out / "psf_model.nc")
     assert model.rank == summary["model"]["empirical"]["rank"]
     html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Deblurred beads: shape and light by field band" in html and "<td>rl-tv</td>" in html
     assert 'src="coverage.png"' in html and (out / "coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -171,3 +171,19 @@ BAD = [
 def test_bad_input_messages(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_known_background_replaces_the_annulus():
+    """A wide source reaches into the annulus, whose median then takes some of its light; a known background does
+    not, and it needs only the aperture inside the image."""
+    yy, xx = np.mgrid[:41, :41]
+    wide = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / (2 * 5.0**2))  # sigma 5 px: wings at the annulus
+    total = wide.sum()
+    annulus = measure_sources(wide, [[20.0, 20.0]], aperture=12)["flux"][0]
+    known = measure_sources(wide, [[20.0, 20.0]], aperture=12, background=0.0)["flux"][0]
+    inside = 1 - np.exp(-(12**2) / (2 * 5.0**2))  # share of a Gaussian's light within 12 px
+    assert annulus < 0.97 * known and known == pytest.approx(inside * total, rel=0.01)
+    edge = measure_sources(wide, [[12.0, 20.0]], aperture=12, background=0.0)  # 12 px from the top: aperture fits
+    assert np.isfinite(edge["flux"][0])
+    with pytest.raises(ValueError, match="background: expected a finite value"):
+        measure_sources(wide, [[20.0, 20.0]], aperture=12, background=float("nan"))
