@@ -56,7 +56,7 @@ import numpy as np
 from optisim._threads import torch_threads
 from optisim._version import __version__
 from optisim.lens import Lens
-from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_for
+from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs, kernel_size_for, reproducible_psf_grid
 from optisim.noise import CameraNoise
 from optisim.psfmodel import model_digest, read_model_groups, write_model_groups
 from optisim.samples import SampleGenerator, check_size
@@ -255,8 +255,6 @@ def write_dataset(
     """
     import time
 
-    from optisim.grid import psf_grid
-
     t_start = time.perf_counter()
     path = Path(path)
     if workers < 0 or block < 1:
@@ -271,8 +269,7 @@ def write_dataset(
     if not create:
         model = _open_existing(path, record, lens.sensor_shape)
     elif model is None:
-        with torch_threads(1):  # bit-reproducible across runs (see _DETERMINISTIC_GRID)
-            grid_ds = psf_grid(lens, grid=config.grid, size=config.kernel_size)
+        grid_ds = reproducible_psf_grid(lens, grid=config.grid, size=config.kernel_size)
         model = EigenPSFs.from_psf_grid(grid_ds, rank=config.rank, tol=config.tol)
     gen = SampleGenerator(lens, source, size=config.size, seed=config.seed, noise=config.noise, model=model)
     if create:
@@ -401,14 +398,6 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 _WORKER_GENERATOR: SampleGenerator | None = None
 
-
-# _DETERMINISTIC_GRID: the PSF grid behind a dataset is computed on one torch thread. With two, MKL's complex
-# matrix products gave one of three slightly different grids from run to run (about 1 run in 15 on this 2-core
-# machine, measured 2026-12-05 over 60 fresh processes, with and without address-space randomisation; PSFs differing
-# by up to 1.5e-6 in the first half of the batch). Noise drawn from a rate that differs in its last bits can differ
-# by a count, so two runs of the same command, or a resumed and an uninterrupted run, were not bit-identical. One
-# thread gave the same grid in every run and costs nothing measurable (a 25 x 25 grid of 61 px PSFs: 0.53 s against
-# 0.59 s with two threads).
 
 # One sample is a few small FFTs and element-wise passes: a second intra-op thread costs more than it saves
 # (measured: 74 samples/s of 256x256 with one torch thread, 34/s with two on a 2-core machine). Generation runs

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from optisim._threads import torch_threads
 from optisim.blur import kernel_spectra, padded_shape, product_convolution
 from optisim.lens import Lens
 from optisim.lowrank import DEFAULT_GRID, DEFAULT_TOL, EigenPSFs
@@ -98,8 +97,7 @@ class SampleGenerator:
         device=None,
     ):
         if model is None:
-            with torch_threads(1):  # bit-reproducible across runs (optisim.dataset, _DETERMINISTIC_GRID)
-                model = EigenPSFs.from_lens(lens, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
+            model = EigenPSFs.from_lens(lens, kernel_size=kernel_size, grid=grid, rank=rank, tol=tol, device=device)
         self.lens, self.source, self.noise, self.model = lens, source, noise, model
         self.seed = _nonnegative_int("seed", seed)
         self.size = check_size(size, lens.sensor_shape, model.kernels.shape[-1])
