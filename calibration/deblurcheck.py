@@ -25,6 +25,13 @@ beads its model was fitted to:
   refitted to the inner beads only (:func:`calibration.validate.radial_validation` refits it the same way), plus the
   centre band's beads (h < 0.35) as the flux reference. This is the extrapolation check: how the methods behave at
   the edge with a model that has never seen it.
+
+Beside ``rl`` both checks report the reference ``rl own PSF``: each measured bead deconvolved by the same number of
+RL iterations with its *own* measured PSF (shift-invariant, on a crop around it; :func:`own_psf`). It separates the
+model's error from the method's limit. RL shrinks an unresolved source in proportion to its PSF, so until the
+source reaches the pixel scale the deblurred bead keeps the PSF's elongation even when the PSF is exact (an
+elongated Gaussian PSF of aspect 1.33, deconvolved with itself: aspect 1.33 after 10, 30 and 100 iterations); a
+method whose aspect is far above this reference has a wrong model there, one near it is at RL's limit.
 """
 
 from __future__ import annotations
@@ -33,19 +40,29 @@ import numpy as np
 
 from learn.pointsources import BAND_EDGES, band_labels, measure_sources, source_field_radius, summarise_by_band
 
-__all__ = ["CHECK_METHODS", "bead_check", "check_deblurring", "classical", "forward_of", "network"]
+__all__ = [
+    "CHECK_METHODS",
+    "REFERENCE",
+    "bead_check",
+    "check_deblurring",
+    "classical",
+    "forward_of",
+    "network",
+    "own_psf",
+]
 
 CHECK_METHODS = ("network", "rl", "rl-tv")
+REFERENCE = "rl own PSF"  # the reference beside 'rl': each bead deconvolved with its own measured PSF
 
 
 def classical(model, method: str):
-    """``deblur(plane) -> (Y, X)``: :func:`learn.baselines.deconvolve` of the whole plane with ``model``
+    """``deblur(plane, k) -> (Y, X)``: :func:`learn.baselines.deconvolve` of the whole plane with ``model``
     (:class:`optisim.lowrank.EigenPSFs` of the sensor), at the method's defaults."""
     import torch
 
     from learn.baselines import deconvolve
 
-    def deblur(plane):
+    def deblur(plane, k=0):
         image = torch.from_numpy(np.clip(plane, 0.0, None).astype(np.float32))
         return deconvolve(image, model, method=method).numpy()
 
@@ -53,15 +70,51 @@ def classical(model, method: str):
 
 
 def network(model_path, device="cpu"):
-    """``deblur(plane) -> (Y, X)``: the network of ``model_path`` on the whole plane
+    """``deblur(plane, k) -> (Y, X)``: the network of ``model_path`` on the whole plane
     (:func:`learn.infer.deblur_image`)."""
     from learn.checkpoint import load_model
     from learn.infer import deblur_image
 
     model, _, _ = load_model(model_path, device=device)
 
-    def deblur(plane):
+    def deblur(plane, k=0):
         return np.asarray(deblur_image(model, plane, device=device))
+
+    return deblur
+
+
+def own_psf(psfs_per_plane, beads_per_plane, *, window: int, iterations: int | None = None):
+    """``deblur(plane, k) -> (Y, X)``: the reference ``rl own PSF`` (module docstring) for the beads of plane ``k``.
+
+    Each bead's neighbourhood (a crop of ``3 window`` pixels, clipped at the plane's border) is deconvolved by
+    shift-invariant Richardson-Lucy (:func:`learn.baselines.richardson_lucy`, :data:`learn.baselines.RL_ITERATIONS`
+    iterations unless given) with that bead's own measured PSF, and the central ``window`` x ``window`` pixels of
+    the result replace the plane's there; the rest of the plane is left as it is.
+
+    Parameters
+    ----------
+    psfs_per_plane : list of (K, w, w) arrays, the beads' measured PSFs (:func:`calibration.pipeline.centred_psfs`)
+    beads_per_plane : list of (rows (K,), cols (K,)) pixel positions, in the same order
+    window : int, the fit window (pixels)
+    """
+    import torch
+
+    from learn.baselines import RL_ITERATIONS, richardson_lucy
+
+    n = RL_ITERATIONS if iterations is None else int(iterations)
+    half, reach = window // 2, window + window // 2
+
+    def deblur(plane, k):
+        out = np.array(plane, dtype=np.float32, copy=True)
+        image = np.clip(plane, 0.0, None).astype(np.float32)
+        for psf, r, c in zip(psfs_per_plane[k], *beads_per_plane[k], strict=True):
+            r, c = round(float(r)), round(float(c))
+            y0, x0 = max(r - reach, 0), max(c - reach, 0)
+            crop = torch.from_numpy(image[y0 : r + reach + 1, x0 : c + reach + 1])
+            sharp = richardson_lucy(crop, psf / psf.sum(), iterations=n).numpy()
+            ys, xs = slice(max(r - half, 0), r + half + 1), slice(max(c - half, 0), c + half + 1)
+            out[ys, xs] = sharp[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+        return out
 
     return deblur
 
@@ -78,7 +131,7 @@ def bead_check(planes, beads_per_plane, methods: dict, sensor_shape, *, window: 
     ----------
     planes : list of BeadPlane, one per input image (:func:`calibration.network.bead_planes`)
     beads_per_plane : list of (rows (K,), cols (K,)) pixel positions of the beads to measure on each plane
-    methods : {name: deblur(plane (Y, X) float32) -> (Y, X)}; each gets the plane's normalised intensity
+    methods : {name: deblur(plane (Y, X) float32, k) -> (Y, X)}; each gets the normalised intensity of plane ``k``
     sensor_shape : (ny, nx), the sensor the positions refer to (the planes' shape)
     window : int, the fit window (pixels): the aperture is ``window / 2``
 
@@ -92,7 +145,7 @@ def bead_check(planes, beads_per_plane, methods: dict, sensor_shape, *, window: 
     aperture = window / 2.0
     margin = float(np.ceil(aperture))
     raw, out, hs, skipped = [], {name: [] for name in methods}, [], 0
-    for plane, (rows, cols) in zip(planes, beads_per_plane, strict=True):
+    for k, (plane, (rows, cols)) in enumerate(zip(planes, beads_per_plane, strict=True)):
         image = plane.normalised()
         keep = _inside(rows, cols, image.shape, margin)
         skipped += int((~keep).sum())
@@ -102,7 +155,7 @@ def bead_check(planes, beads_per_plane, methods: dict, sensor_shape, *, window: 
         hs.append(source_field_radius(positions, sensor_shape))
         raw.append(measure_sources(image, positions, aperture=aperture, background=0.0))
         for name, deblur in methods.items():
-            out[name].append(measure_sources(deblur(image), positions, aperture=aperture, background=0.0))
+            out[name].append(measure_sources(deblur(image, k), positions, aperture=aperture, background=0.0))
     result = {"beads": int(sum(len(h) for h in hs)), "skipped": skipped, "aperture_px": aperture, "methods": {}}
     if not hs:
         return result
@@ -180,6 +233,8 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
     dict: ``methods`` (checked), ``holdout`` and ``radial_holdout`` (:func:`bead_check` results; the latter with
     ``outer_beads``), either replaced by ``{'skipped': why}`` when it cannot be made.
     """
+    from calibration.pipeline import centred_psfs
+
     fits, shape, window = result.fits, result.nominal.sensor_shape, int(result.fits.data.shape[-1])
     unknown = [m for m in methods if m not in CHECK_METHODS[1:]]
     if unknown:
@@ -188,6 +243,14 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
     def per_plane(mask):
         return [(fits.rows[mask & (result.frames == i)], fits.cols[mask & (result.frames == i)])
                 for i in range(len(planes))]  # fmt: skip
+
+    measured = centred_psfs(fits) if "rl" in methods else None
+
+    def with_reference(chosen, mask):  # RL with each measured bead's own PSF: what RL reaches with no model error
+        if measured is not None:
+            psfs = [measured[mask & (result.frames == i)] for i in range(len(planes))]
+            chosen[REFERENCE] = own_psf(psfs, per_plane(mask), window=window)
+        return chosen
 
     out = {"methods": [*methods, *(["network"] if network_path is not None else [])]}
     clean = _clean(result)
@@ -198,7 +261,7 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
         if network_path is not None:
             chosen["network"] = network(network_path, device)
         echo(f"  deblurring the bead image with {', '.join(chosen)}: {int(held.sum())} held-out beads")
-        out["holdout"] = bead_check(planes, per_plane(held), chosen, shape, window=window)
+        out["holdout"] = bead_check(planes, per_plane(held), with_reference(chosen, held), shape, window=window)
     else:
         out["holdout"] = {"skipped": "no beads were held out (--holdout 0 or too few beads)"}
     if config.radial_holdout <= 0 or not methods:
@@ -214,7 +277,7 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
     hx, hy = pixel_to_field(fits.rows, fits.cols, shape)
     centre = (np.hypot(hx, hy) < BAND_EDGES[0]) & ~outer & clean
     echo(f"  deblurring with the model of the inner beads: {int(outer.sum())} outer beads")
-    chosen = {m: classical(inner_forward, m) for m in methods}
+    chosen = with_reference({m: classical(inner_forward, m) for m in methods}, outer | centre)
     out["radial_holdout"] = bead_check(planes, per_plane(outer | centre), chosen, shape, window=window)
     out["radial_holdout"]["outer_beads"] = int(outer.sum())
     return out

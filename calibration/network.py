@@ -38,7 +38,8 @@ class NetworkConfig:
     ``finetune_beads`` adds step 3, fine-tuning on the bead images with ideal beads as targets
     (:mod:`calibration.finetune`): ``bead_steps`` Adam steps at ``bead_lr`` on tiles of ``bead_tile`` pixels.
     ``flux_weight`` weighs the local flux term in both the simulated training (:class:`learn.config.TrainConfig`)
-    and the bead fine-tuning.
+    and the bead fine-tuning. ``keep_flux`` builds a new network whose output keeps the input's local flux
+    (:func:`learn.models.keep_local_flux`, boxes of the PSF window); with ``init`` the checkpoint's setting holds.
     """
 
     enabled: bool = True
@@ -61,6 +62,7 @@ class NetworkConfig:
     bead_lr: float = 1e-4
     bead_tile: int = 64
     flux_weight: float = FLUX_WEIGHT
+    keep_flux: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +74,7 @@ def _model_config(config: NetworkConfig):
 
     if config.init is not None:
         return ModelConfig.from_dict(load_checkpoint(config.init)["model_config"])
-    return ModelConfig(name=config.model, depth=config.depth, width=config.width)
+    return ModelConfig(name=config.model, depth=config.depth, width=config.width, keep_flux=config.keep_flux)
 
 
 def train_network(forward_file: Path, kind: str, config: NetworkConfig, out: Path, *, progress=True, echo=print):

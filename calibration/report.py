@@ -441,7 +441,10 @@ def _deblur_section(summary: dict) -> str:
     parts = ["<h2>Deblurred beads: shape and light by field band</h2><p>Median aspect ratio (1 = round), FWHM (px) "
              "and flux ratio (deblurred / raw aperture sum; 1 = light kept) of the beads in each band of the "
              "normalised field radius h, raw and after each method; edge/centre: the outermost band's flux ratio "
-             "over the innermost's.</p>"]
+             "over the innermost's. <i>rl own PSF</i> is a reference: each bead deconvolved by the same RL with its "
+             "own measured PSF, what RL reaches with no model error (RL keeps an unresolved bead's elongation until "
+             "it reaches the pixel scale, even with the exact PSF); a method far above it has a wrong model "
+             "there.</p>"]
     for key, title in _CHECK_PARTS.items():
         part = check.get(key) or {}
         if isinstance(part.get("skipped"), str):  # the check could not be made (a count is beads near the border)

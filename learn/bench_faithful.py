@@ -2,7 +2,8 @@
 
 For each lens (the default preset, and :func:`astig_coma_lens`, strong field-dependent astigmatism and coma), small
 CG U-Nets are trained on samples simulated on the fly, without noise, with equal budgets (the same steps, batch,
-crop, seed and initial weights) at each ``flux_weight`` (0: the pixel loss alone). Then a jittered grid of point
+crop, seed and initial weights) at each ``flux_weight`` (0: the pixel loss alone), and one with the flux-keeping
+output layer (:func:`learn.models.keep_local_flux`). Then a jittered grid of point
 sources over the whole sensor is blurred by the lens's forward model (the one the networks were trained with) and
 deblurred by every network and by spatially varying Richardson-Lucy with the true model
 (:func:`learn.baselines.run_baseline` ``'rl-lowrank'``); :func:`learn.pointsources.point_source_report` gives the
@@ -50,21 +51,23 @@ def lens_for_bench(name: str, sensor_shape) -> Lens:
     raise ValueError(f"lens: expected 'default' or 'astig-coma', got {name!r}")
 
 
-def _train(lens_file: Path, run: Path, flux_weight: float, *, kernel_size, size, steps, batch, width, seed, device):
+def _train(lens_file: Path, run: Path, flux_weight: float, *, kernel_size, size, steps, batch, width, seed, device,
+           keep_flux: bool = False):  # fmt: skip
     from learn.config import SimulateConfig, TrainConfig
     from learn.models import ModelConfig
     from learn.train import train
 
     simulate = SimulateConfig(lens=str(lens_file), size=size, noise=None, kernel_size=kernel_size, grid=GRID, tol=TOL,
                               steps_per_epoch=steps, val_samples=16)  # fmt: skip
-    config = TrainConfig(model=ModelConfig(name="cg-unet", depth=3, width=width), simulate=simulate, epochs=1,
+    model = ModelConfig(name="cg-unet", depth=3, width=width, keep_flux=keep_flux)
+    config = TrainConfig(model=model, simulate=simulate, epochs=1,
                          batch_size=batch, seed=seed, device=str(device), flux_weight=flux_weight)  # fmt: skip
     return train(config, run, overwrite=True, progress=False)
 
 
 def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, size: int = 64, steps: int = 150,
-                   batch: int = 8, width: int = 16, flux_weights=(0.0, 1.0), rl_iterations: int = 100, seed: int = 0,
-                   device="cpu", echo=print) -> list[dict]:  # fmt: skip
+                   batch: int = 8, width: int = 16, flux_weights=(0.0, 1.0), keep_flux: bool = True,
+                   rl_iterations: int = 100, seed: int = 0, device="cpu", echo=print) -> list[dict]:  # fmt: skip
     """Train and measure (module docstring); one result dict per lens.
 
     Parameters
@@ -72,14 +75,16 @@ def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, 
     out : folder for the lens files and the training runs
     lenses : names for :func:`lens_for_bench`; sensor : int, square sensor side (pixels)
     size, steps, batch, width : training crop side, optimiser steps (one epoch), batch and first-level channels,
-        equal for every network; flux_weights : the ``TrainConfig.flux_weight`` of each network
+        equal for every network; flux_weights : the ``TrainConfig.flux_weight`` of each network; keep_flux : also
+        train one with the flux-keeping output layer (``ModelConfig.keep_flux``, flux weight 0)
     rl_iterations : Richardson-Lucy iterations; seed : training seed (initial weights, samples) and source jitter
 
     Returns
     -------
-    list of dicts: ``lens``, ``kernel_size``, ``rank``, ``train_seconds`` (per network), and the
+    list of dicts: ``lens``, ``kernel_size``, ``rank``, ``train_seconds`` and ``val_psnr`` (dB, the run's best
+    validation PSNR on simulated crops) per network, and the
     :func:`learn.pointsources.point_source_report` (``report``) with methods ``blurred``, ``rl-lowrank``,
-    ``network flux=W`` for each W.
+    ``network flux=W`` for each W and ``network keep-flux``.
     """
     import torch
 
@@ -100,20 +105,23 @@ def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, 
         methods["rl-lowrank"] = lambda b, f=forward: run_baseline(
             "rl-lowrank", torch.from_numpy(b)[None], model=f, offsets=[[0, 0]], iterations=rl_iterations
         )[0]
-        seconds = {}
-        for w in flux_weights:
-            label = f"network flux={w:g}"
-            echo(f"{name}: training cg-unet(3) width {width}, {steps} steps of {batch} x {size}², flux_weight {w:g}")
+        seconds, val_psnr = {}, {}
+        variants = [(f"network flux={w:g}", float(w), False, f"flux{w:g}") for w in flux_weights]
+        variants += [("network keep-flux", 0.0, True, "keepflux")] if keep_flux else []
+        for label, w, kf, tag in variants:
+            echo(f"{name}: training cg-unet(3) width {width}, {steps} steps of {batch} x {size}², flux_weight {w:g}"
+                 f"{', flux-keeping output' if kf else ''}")  # fmt: skip
             t0 = time.perf_counter()
-            run = out / f"{name}-flux{w:g}"
-            _train(lens_file, run, float(w), kernel_size=k, size=size, steps=steps, batch=batch, width=width,
-                   seed=seed, device=device)  # fmt: skip
+            run = out / f"{name}-{tag}"
+            summary = _train(lens_file, run, w, kernel_size=k, size=size, steps=steps, batch=batch, width=width,
+                             seed=seed, device=device, keep_flux=kf)  # fmt: skip
             seconds[label] = time.perf_counter() - t0
+            val_psnr[label] = summary["best"]["val_psnr"]
             model, _, _ = load_model(run / "last.pt", device=device)
             methods[label] = lambda b, m=model: deblur_image(m, b, device=device)
         report = point_source_report(methods, forward, seed=seed)
         results.append({"lens": name, "kernel_size": k, "rank": forward.rank, "train_seconds": seconds,
-                        "report": report})  # fmt: skip
+                        "val_psnr": val_psnr, "report": report})  # fmt: skip
     return results
 
 
@@ -140,5 +148,9 @@ def format_faithful(results: list[dict]) -> str:
                     f"  {name:<20}{row['band']:<12}{row['sources']:>4}{num(row['aspect'], 2):>8}"
                     f"{num(row['fwhm'], 2):>7}{num(row['flux_ratio'], 3):>7}  {mark}"
                 )
+        psnr = r.get("val_psnr") or {}
+        if psnr:
+            lines.append("  validation PSNR (simulated crops): "
+                         + ", ".join(f"{name} {value:.2f} dB" for name, value in psnr.items()))  # fmt: skip
     lines.append("edge target (h >= 0.85): aspect <= 1.2 and flux ratio within 1 +- 0.10; noise-free point sources")
     return "\n".join(lines)

@@ -229,6 +229,9 @@ def deblur_image(model, image, *, offset=(0, 0), tile=None, overlap=32, device=N
     if tile is None:
         tile, overlap = max(h, w), 0
     _check_tiling(tile, overlap, batch)
+    # a flux-keeping network's last layer reaches 2.5 PSF windows: it is applied once to the blended whole
+    keep = bool(getattr(model.config, "keep_flux", False)) and tile < max(h, w) and hasattr(model, "estimate")
+    run = model.estimate if keep else model
     multiple = 2 ** (model.config.depth - 1)
     tiles = [(r, c) for r in tile_spans(h, tile, overlap, multiple) for c in tile_spans(w, tile, overlap, multiple)]
     groups: dict[tuple[int, int], list] = {}
@@ -244,10 +247,16 @@ def deblur_image(model, image, *, offset=(0, 0), tile=None, overlap=32, device=N
                 chunk = members[i : i + batch]
                 x = torch.stack([source[r[0] : r[1], c[0] : c[1]] for r, c in chunk])[:, None]
                 offsets = torch.tensor([[y0 + r[0], x0 + c[0]] for r, c in chunk], device=device)
-                pred = model(x.to(device=device, dtype=dtype), offsets)[:, 0].double().cpu().numpy()
+                pred = run(x.to(device=device, dtype=dtype), offsets)[:, 0].double().cpu().numpy()
                 for span, p in zip(chunk, pred, strict=True):
                     blend.add(span, p)
                 bar.update(len(chunk))
+    if keep:
+        from learn.models import keep_local_flux
+
+        whole = torch.from_numpy(blend.result())[None, None]
+        kept = keep_local_flux(whole, source.double()[None, None], model.config.psf_size)
+        return kept[0, 0].numpy().astype(np.float32)
     return blend.result()
 
 

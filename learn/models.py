@@ -9,7 +9,9 @@ Models without coordinates ignore the offsets. Any H, W is accepted: the input i
 Architecture (the paper's Fig. 4a): a U-Net of depth d has d resolution levels with ``width * 2^l`` channels at level
 l; each step is two 3x3 convolutions with ReLU; 2x2 max-pooling down, 2x2 transposed convolution up, skip connections
 by concatenation, a 1x1 convolution to the output. ``residual=True`` (the default here; the paper predicts the image
-directly) adds the blurred input to the output, so the network learns the correction.
+directly) adds the blurred input to the output, so the network learns the correction. ``keep_flux=True`` then
+rescales the output so that every box of the PSF's side holds the input's light (:func:`keep_local_flux`): sharpness
+cannot be bought with photometry.
 
 * ``cg-unet``: a CoordGate (gate + 1x1 mix) on the features at each down- and up-sampling point and before the output
   convolution, as in the paper's CG U-Net (2d - 1 gates).
@@ -38,6 +40,7 @@ __all__ = [
     "UNet",
     "build_model",
     "count_parameters",
+    "keep_local_flux",
     "model_table",
 ]
 
@@ -52,6 +55,7 @@ _INT_RANGES = (
     ("gate_layers", 1, 16),
     ("gate_fourier", 0, 16),
 )
+FLUX_FLOOR = 0.1  # keep_local_flux leaves boxes much dimmer than this share of the image's mean light unscaled
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class ModelConfig:
     gate_hidden, gate_layers, gate_activation, gate_fourier, gate_mix, gate_init : the CoordGate encoder and its
         1x1 mix (:class:`learn.coordgate.CoordGate`)
     psf_count, psf_size : K and k of MultiWienerNet's PSFs (set from the data when the model is built)
+    keep_flux : bool, the output keeps the input's local flux in boxes of ``psf_size`` pixels (:func:`keep_local_flux`;
+        ``psf_size`` is the forward model's PSF window, set from the data when the model is built)
     """
 
     name: str = "cg-unet"
@@ -82,6 +88,7 @@ class ModelConfig:
     gate_init: str = "identity"
     psf_count: int = 9
     psf_size: int = 31
+    keep_flux: bool = False
 
     def __post_init__(self):
         if self.name not in MODEL_NAMES:
@@ -90,7 +97,7 @@ class ModelConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{key}: expected an integer in [{low}, {high}], got {value!r}")
-        for key in ("residual", "gate_mix"):
+        for key in ("residual", "gate_mix", "keep_flux"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key}: expected true or false, got {getattr(self, key)!r}")
         if self.gate_init not in INITS:
@@ -204,6 +211,54 @@ class _Backbone(nn.Module):
         return self.outc(x)
 
 
+def _box_mean(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``(B, 1, H, W)`` over the ``k`` x ``k`` box centred on each pixel (odd ``k``; over the part inside the
+    image at its borders), as two separable passes."""
+    k = min(k, (min(t.shape[-2:]) - 1) | 1)
+    rows = F.avg_pool2d(t, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+    return F.avg_pool2d(rows, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+
+
+def keep_local_flux(y: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tensor:
+    """The network's output with the input's local flux: light moved within a box, never created or removed.
+
+    A blur by a normalised PSF moves light by at most the PSF's extent, so the sharp image and the blurred one hold the
+    same light in any box wider than the PSF. This layer makes that hold by construction, so a deblurred source keeps
+    its flux wherever the network was trained or not (the flux *loss* of :func:`learn.metrics.local_flux_error`
+    only asks for it where there was training data). With ``B_k`` the mean over the ``k`` x ``k`` box centred on
+    each pixel (over the part inside the image at its borders) and ``w`` the window (made odd):
+
+    1. ``y1 = y - B_4w(y - x)``: a smooth offset the network adds to the background is removed (on a scale four
+       times the window's, so that a source's own excess or deficit is hardly spread into a pedestal); left in
+       place, an offset comparable to a faint source's box mean would decide that source's scale in step 2;
+    2. ``out = y1 * (max(B_w(x), 0) + f) / (max(B_w(y1), 0) + f)``: ``y1`` rescaled so that each box of the
+       window's side holds the input's light (a compact source: its light, in its own shape). ``f`` is
+       :data:`FLUX_FLOOR` times the image's mean absolute input: boxes much dimmer than the image's mean light
+       (noise in empty background) are not rescaled by their own noise.
+
+    Measured (a 1.3 x 1.0 px source against its 4 x 3 px blurred input, 31 px window, radius 15.5 aperture): the
+    output holds the input's light within 1 % whether the network's source held 0.6, 1.0, 1.2 or 1.76 times the light,
+    or carried a background offset of ±0.008 around a faint source (flux 3.5); with noise of 0.02 per pixel in the
+    input, within 1.6 % for a bright source and 7 % for the faint one; FWHM unchanged.
+
+    Parameters
+    ----------
+    y, x : (B, 1, H, W) tensors, the network's output and the blurred input (normalised intensity)
+    window : int >= 1, box side in pixels (the PSF window; made odd, clipped to the image)
+
+    Returns
+    -------
+    (B, 1, H, W) tensor (differentiable). It depends on the image up to ``2.5 window`` pixels away, so tiled
+    inference applies it once to the blended whole (:func:`learn.infer.deblur_image`).
+    """
+    k = int(window) | 1
+    if k < 3 or min(y.shape[-2:]) < 4:
+        return y
+    y1 = y - _box_mean(y - x, 4 * k + 1)
+    floor = FLUX_FLOOR * x.abs().mean(dim=(-2, -1), keepdim=True) + 1e-12
+    return y1 * (_box_mean(x, k).clamp(min=0) + floor) / (_box_mean(y1, k).clamp(min=0) + floor)
+
+
 class UNet(nn.Module):
     """U-Net(d) (``unet``); the base of the other models. ``forward(x, offsets=None)``, see the module docstring."""
 
@@ -222,6 +277,11 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.estimate(x, offsets)
+        return keep_local_flux(y, x[:, :1], self.config.psf_size) if self.config.keep_flux else y
+
+    def estimate(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """The output before the flux-keeping layer (``forward`` is this when ``keep_flux`` is off)."""
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape

@@ -114,6 +114,8 @@ def _network_options(func):
                      help="Steps of --finetune-beads."),
         click.option("--flux-weight", type=click.FloatRange(0), default=None,
                      help="Weight of the local flux term in training and bead fine-tuning (default: NetworkConfig's)."),
+        click.option("--keep-flux/--no-keep-flux", default=True, show_default=True,
+                     help="The network's output keeps the input's light in every box of the PSF window (a layer)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
                      show_default=True),
     ]  # fmt: skip
@@ -165,7 +167,7 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
         enabled=not o["no_network"], init=o["init"], source=o["source"], model=o["arch"], depth=o["depth"],
         width=o["width"], epochs=o["epochs"], steps_per_epoch=o["steps_per_epoch"], batch_size=o["batch_size"],
         size=o["size"], noise=None if noise is None else noise.to_dict(), device=o["device"], seed=seed,
-        finetune_beads=o["finetune_beads"], bead_steps=o["bead_steps"],
+        finetune_beads=o["finetune_beads"], bead_steps=o["bead_steps"], keep_flux=o["keep_flux"],
         **({} if o["flux_weight"] is None else {"flux_weight": o["flux_weight"]}),
     )  # fmt: skip
     if o["finetune_beads"] and o["no_network"]:

@@ -112,9 +112,11 @@ def _make_dataset(path: Path, n: int, size: int) -> None:
 @click.option("--steps", type=click.IntRange(1, None), default=150, show_default=True, help="Steps per network.")
 @click.option("--flux-weight", "flux_weights", multiple=True, type=click.FloatRange(0, None), default=(0.0, 1.0),
               show_default=True, help="flux_weight of each network, repeatable (equal budgets).")  # fmt: skip
+@click.option("--keep-flux/--no-keep-flux", default=True, show_default=True,
+              help="Also train a network with the flux-keeping output layer (flux weight 0).")  # fmt: skip
 @click.option("--rl-iterations", type=click.IntRange(1, None), default=100, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
-def bench_faithful(output, lenses, sensor, steps, flux_weights, rl_iterations, device):
+def bench_faithful(output, lenses, sensor, steps, flux_weights, keep_flux, rl_iterations, device):
     """Point sources after deblurring: aspect ratio, FWHM and flux per field band (networks with and without the
     flux term at equal budgets, and RL with the true model)."""
     from learn.bench import machine_info
@@ -123,7 +125,7 @@ def bench_faithful(output, lenses, sensor, steps, flux_weights, rl_iterations, d
 
     device = resolve_device(device)
     info = machine_info(device)
-    results = run(output, lenses=lenses, sensor=sensor, steps=steps, flux_weights=flux_weights,
+    results = run(output, lenses=lenses, sensor=sensor, steps=steps, flux_weights=flux_weights, keep_flux=keep_flux,
                   rl_iterations=rl_iterations, device=device, echo=click.echo)  # fmt: skip
     click.echo(format_faithful(results))
     (output / "bench.json").write_text(

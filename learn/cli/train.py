@@ -70,6 +70,12 @@ def model_options(func):
             show_default=True,
             help="Predict the correction to the blurred input.",
         ),
+        click.option(
+            "--keep-flux/--no-keep-flux",
+            default=False,
+            show_default=True,
+            help="The output keeps the input's light in every box of the PSF's side (a layer, not a loss term).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -89,6 +95,7 @@ def model_config(o: dict):
         gate_fourier=o["fourier"],
         psf_count=o["psf_count"],
         residual=o["residual"],
+        keep_flux=o["keep_flux"],
     )
 
 

@@ -159,7 +159,7 @@ def test_parametric_symmetry_validation_and_coverage(calibrated):
         assert float(ds["confidence"].max()) <= 1 and ds["psf_spread"].dims == ("coverage_y", "coverage_x")
     assert 0 <= summary["model"]["coverage"]["share_below"] <= 1
     check = v["deblurred_beads"]
-    assert set(check["holdout"]["methods"]) == {"raw", "rl", "rl-tv"} and check["holdout"]["beads"] >= 1
+    assert set(check["holdout"]["methods"]) == {"raw", "rl", "rl-tv", "rl own PSF"} and check["holdout"]["beads"] >= 1
 
 
 def test_calibrated_lens_works_with_other_commands(calibrated, tmp_path):

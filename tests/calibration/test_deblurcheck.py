@@ -37,10 +37,10 @@ def test_identity_keeps_flux_and_shape_and_a_dimmed_edge_is_reported():
     edge = np.zeros(SENSOR, dtype=bool)
     edge[:30], edge[-30:] = True, True
 
-    def dim_edge(image):
+    def dim_edge(image, k):
         return np.where(edge, 0.5 * image, image)
 
-    out = bead_check([plane], [(rows, cols)], {"identity": lambda x: x, "dim edge": dim_edge}, SENSOR, window=WINDOW)
+    out = bead_check([plane], [(rows, cols)], {"identity": lambda x, k: x, "dim edge": dim_edge}, SENSOR, window=WINDOW)
     assert out["beads"] == 8 and out["skipped"] == 0 and out["aperture_px"] == WINDOW / 2
     raw, same, dim = (out["methods"][k] for k in ("raw", "identity", "dim edge"))
     assert [r["band"] for r in raw["by_band"]] == band_labels()
@@ -55,11 +55,37 @@ def test_identity_keeps_flux_and_shape_and_a_dimmed_edge_is_reported():
 
 def test_beads_near_the_border_are_skipped_and_no_beads_give_no_methods():
     plane, _, _ = plane_with_beads()
-    out = bead_check([plane], [(np.array([3.0, 80.0]), np.array([80.0, 80.0]))], {"id": lambda x: x}, SENSOR,
+    out = bead_check([plane], [(np.array([3.0, 80.0]), np.array([80.0, 80.0]))], {"id": lambda x, k: x}, SENSOR,
                      window=WINDOW)  # fmt: skip
     assert out["beads"] == 1 and out["skipped"] == 1
-    none = bead_check([plane], [(np.array([2.0]), np.array([2.0]))], {"id": lambda x: x}, SENSOR, window=WINDOW)
+    none = bead_check([plane], [(np.array([2.0]), np.array([2.0]))], {"id": lambda x, k: x}, SENSOR, window=WINDOW)
     assert none["beads"] == 0 and none["methods"] == {}
+
+
+def test_rl_with_each_beads_own_psf_keeps_light_and_sharpens_but_keeps_the_elongation():
+    """The `rl own PSF` reference: each bead deconvolved with its exact PSF gets much narrower, keeps its light, and
+    stays elongated (RL shrinks an unresolved source in proportion until its narrow axis reaches the pixel scale),
+    the limit the module documents;
+    with a round PSF in place of the elongated one RL makes the corner beads longer still."""
+    from calibration.deblurcheck import own_psf
+
+    plane, rows, cols = plane_with_beads()
+    hx = np.array([0.05, -0.1, 0.12, -0.05, 0.8, -0.8, 0.8, -0.8])
+    hy = np.array([0.1, 0.05, -0.08, -0.12, 0.8, 0.8, -0.8, -0.8])
+    psfs = elongated_psfs(hx, hy, size=WINDOW)
+    centre = np.broadcast_to(psfs[:4].mean(0), psfs.shape)  # a round PSF everywhere: a model with no elongation
+    methods = {"own": own_psf([psfs], [(rows, cols)], window=WINDOW),
+               "round": own_psf([centre], [(rows, cols)], window=WINDOW)}  # fmt: skip
+    out = bead_check([plane], [(rows, cols)], methods, SENSOR, window=WINDOW)
+    raw, own, wrong = (out["methods"][k]["by_band"][-1] for k in ("raw", "own", "round"))
+    assert own["fwhm"] < 0.7 * raw["fwhm"]
+    # light kept: the raw aperture (radius 7.5) misses the diagonal corners of the corner beads' 15 px windows, where
+    # their elongated PSFs still have light, so those read 11 % above 1; the central beads are inside it
+    assert own["flux_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert out["methods"]["own"]["by_band"][0]["flux_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert own["aspect"] > 0.6 * raw["aspect"] > 1.5  # still long: RL with the exact PSF does not make them round
+    assert wrong["aspect"] > own["aspect"] + 0.2  # a too-round model elongates further: the model's error
+    assert out["methods"]["own"]["by_band"][0]["aspect"] < 1.15  # round central beads stay round
 
 
 def bead(index, y, x, status="kept"):

@@ -100,9 +100,12 @@ def test_tiles_carry_their_sensor_offsets(pairs):
 
 @pytest.fixture(scope="module")
 def calibrated(scene, tmp_path_factory):
-    """A tiny calibration run with --finetune-beads: (CLI result, output folder)."""
+    """A tiny calibration run with --finetune-beads: (CLI result, output folder). Without the flux-keeping layer:
+    these tests are of the fine-tuning itself (with the layer, calibrate's default, the 200-step fine-tuning below
+    measured 0.62 of its first loss on the training tiles but 0.99 on held-out draws, 2026-12-06)."""
     out = tmp_path_factory.mktemp("run") / "cal"
-    args = ["calibrate", str(scene[0]), "-o", str(out), *OPTICS, *TINY, "--finetune-beads", "--bead-steps", "5"]
+    args = ["calibrate", str(scene[0]), "-o", str(out), *OPTICS, *TINY, "--finetune-beads", "--bead-steps", "5",
+            "--no-keep-flux"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result, out

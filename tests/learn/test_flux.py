@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,90 @@ def test_rl_with_the_true_model_meets_the_targets_at_the_edge():
     assert deblurred["aspect"] <= FAITHFUL_TARGETS["aspect"]
     assert abs(deblurred["flux_ratio"] - 1) <= FAITHFUL_TARGETS["flux"]
     assert deblurred["fwhm"] < 0.5 * blurred["fwhm"]
+
+
+def _blob(size=48, centre=(20, 27), sigma=(3.0, 3.0), flux=50.0):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    g = torch.exp(-((yy - centre[0]) ** 2) / (2 * sigma[0] ** 2) - ((xx - centre[1]) ** 2) / (2 * sigma[1] ** 2))
+    return (flux * g / g.sum())[None, None].float()
+
+
+@pytest.mark.parametrize(
+    ("flux", "excess", "offset", "tolerance"),
+    [(50.0, 1.76, 0.0, 0.015), (50.0, 1.0, 0.0, 0.015), (50.0, 0.6, 0.0, 0.015), (3.5, 1.2, 0.008, 0.015),
+     (3.5, 1.2, -0.008, 0.015)],
+)  # fmt: skip
+def test_keep_local_flux_makes_a_source_keep_its_light_and_shape(flux, excess, offset, tolerance):
+    """An output that sharpens an elongated source and adds 76 % light (the fine-tuned network on the fibre's beads
+    did), or loses 40 %, or carries a background offset around a faint source, holds the input's light after the
+    layer, with the output's own FWHM and elongation."""
+    from learn.models import keep_local_flux
+    from learn.pointsources import measure_sources
+
+    where = dict(size=200, centre=(100, 97))
+    blurred = _blob(sigma=(4.0, 3.0), flux=flux, **where)
+    sharp = _blob(sigma=(1.3, 1.0), flux=flux * excess, **where) + offset
+    kept = keep_local_flux(sharp, blurred, 31)
+    before = measure_sources(sharp[0, 0].numpy(), [[100, 97]], aperture=15.5, background=offset)
+    after = measure_sources(kept[0, 0].numpy(), [[100, 97]], aperture=15.5, background=0.0)
+    assert after["flux"][0] == pytest.approx(flux, rel=tolerance)
+    assert after["fwhm"][0] == pytest.approx(before["fwhm"][0], rel=0.02)
+    assert after["aspect"][0] == pytest.approx(before["aspect"][0], rel=0.02)
+    assert torch.equal(keep_local_flux(sharp, blurred, 1), sharp)  # a 1 px box: nothing to keep
+
+
+def test_keep_flux_models_keep_the_flux_of_any_output():
+    """A CG U-Net with keep_flux, whatever its (random) weights, holds the input's light around a source (a random
+    network's output is not compact, so the box is wider than the window); configs written before the setting
+    existed load with it off."""
+    from learn.models import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(name="cg-unet", depth=2, width=4, gate_hidden=8, gate_init="random",
+                         sensor_shape=(160, 160), psf_size=25, residual=False, keep_flux=True)  # fmt: skip
+    model = build_model(config).eval()
+    blurred = _blob(size=160, centre=(70, 77), sigma=(3.0, 3.0)) + 0.002
+    with torch.no_grad():
+        free = build_model(ModelConfig(**{**config.to_dict(), "keep_flux": False}))
+        free.load_state_dict(model.state_dict())
+        a, b = model(blurred), free(blurred)
+    box = (slice(None), slice(None), slice(40, 101), slice(47, 108))  # a box of about 2.5 windows
+    assert abs(float(a[box].sum()) / float(blurred[box].sum()) - 1) < 0.05
+    assert abs(float(b[box].sum()) / float(blurred[box].sum()) - 1) > 0.2  # without the layer it does not
+    d = config.to_dict()
+    assert ModelConfig.from_dict(d).keep_flux is True
+    d.pop("keep_flux")
+    assert ModelConfig.from_dict(d).keep_flux is False
+    with pytest.raises(ValueError, match="keep_flux: expected true or false, got 1"):
+        ModelConfig(keep_flux=1)
+
+
+def test_keep_flux_reaches_the_checkpoint_with_the_psf_window(train_files, tmp_path):
+    """`train --keep-flux`: the checkpoint's model keeps flux over the data's PSF window, and loads as it trained."""
+    from learn.checkpoint import load_model
+
+    args = ["train", str(train_files.data), "-o", str(tmp_path / "kf"), "--model", "cg-unet", "--depth", "2",
+            "--width", "4", "--gate-hidden", "8", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--keep-flux", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(tmp_path / "kf" / "best.pt")
+    with h5py.File(train_files.data, "r") as f:
+        window = f["lowrank/kernels"].shape[-1]
+    assert ckpt["model_config"]["keep_flux"] is True and ckpt["model_config"]["psf_size"] == window
+    model, _, _ = load_model(tmp_path / "kf" / "best.pt")
+    assert model.config.keep_flux and model.config.psf_size == window
+
+
+def test_bench_faithful_runs_and_the_flux_keeping_network_keeps_the_flux(tmp_path):
+    """`optisim bench faithful` at a tiny size: every method is reported per band, and the network with the
+    flux-keeping layer keeps each band's point-source flux within the target whatever it has (not) learnt."""
+    r = CliRunner().invoke(main, ["bench", "faithful", "-o", str(tmp_path), "--lens", "astig-coma", "--sensor", "128",
+                                  "--steps", "2", "--flux-weight", "0", "--rl-iterations", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "bench.json").read_text())["results"][0]["report"]
+    assert set(report["methods"]) == {"blurred", "rl-lowrank", "network flux=0", "network keep-flux"}
+    for row in report["methods"]["network keep-flux"]:
+        if row["flux_ratio"] is not None:
+            assert abs(row["flux_ratio"] - 1) <= FAITHFUL_TARGETS["flux"], row
+    assert "network keep-flux" in r.output and "validation PSNR (simulated crops): network flux=0" in r.output

@@ -321,3 +321,15 @@ def test_cli_checkpoint_with_missing_weights_names_them(checkpoint, scene, tmp_p
     r = run("deblur", tmp_path / "partial.pt", tmp_path / "in.tif", "-o", tmp_path / "out.tif", ok=False)
     one_line_error(r, "partial.pt: weights do not fit a cg-unet(3) width 8")
     assert "net.outc.weight" in r.output
+
+
+def test_flux_keeping_model_tiles_without_seams(scene):
+    """keep_flux's layer reaches 2.5 PSF windows: tiled inference applies it once to the blended whole, so the
+    tiles match the full frame at the usual overlap."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = ModelConfig(name="cg-unet", depth=3, width=8, sensor_shape=SENSOR, residual=False, gate_init="random",
+                             psf_size=15, keep_flux=True)  # fmt: skip
+        model = build_model(config).eval()
+    full = deblur_image(model, scene)
+    assert relative_psnr(deblur_image(model, scene, tile=64, overlap=16), full) >= 50
