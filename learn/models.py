@@ -237,9 +237,10 @@ def keep_local_flux(y: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tens
        (noise in empty background) are not rescaled by their own noise.
 
     Measured (a 1.3 x 1.0 px source against its 4 x 3 px blurred input, 31 px window, radius 15.5 aperture): the
-    output holds the input's light within 1 % whether the network's source held 0.6, 1.0, 1.2 or 1.76 times the light,
-    or carried a background offset of ±0.008 around a faint source (flux 3.5); with noise of 0.02 per pixel in the
-    input, within 1.6 % for a bright source and 7 % for the faint one; FWHM unchanged.
+    output holds the input's light within 1.3 % whether the network's source held 0.6, 1.0, 1.2 or 1.76 times the
+    light, or carried a background offset of ±0.008 around a faint source (flux 3.5); with noise of 0.02 per pixel in
+    the input, within 2.4 % for a bright source and 7 % for the faint one; FWHM unchanged. It is not enough
+    everywhere: see ``optisim bench faithful`` in the README, where it lost light on sparse point sources.
 
     Parameters
     ----------
