@@ -16,8 +16,9 @@ folder ``out/<case>``, followed by the figures read from the summary it returns:
     pupil fitted; no network. Figures: beads, median correlation, fitted NA.
 ``fibre``
     ``beads_fibre_svdeconrl/Beads.tif`` (nominal 0.5 µm pixels, 0.5 µm, NA 0.25), empirical field model, 31 px
-    window, 16 px separation, the default network then fine-tuned on the beads (``--finetune-beads``; unless the
-    network is switched off). Figures: held-out beads' PSF correlation with the model, the model's rank, held-out
+    window, 16 px separation, the default network then fine-tuned on the beads (``--finetune-beads``), and made again
+    from the inner beads alone for the radial hold-out (``--radial-network``); unless the network is switched off.
+    Figures: held-out beads' PSF correlation with the model, the model's rank, held-out
     bead FWHM median and IQR before deblurring, after the simulated training and after the fine-tuning, times.
 
 Every function returns plain dicts (figures in µm, pixels, waves RMS and seconds, as their keys say);
@@ -112,7 +113,7 @@ def case_config(case: str, *, network: bool = True, device: str = "cpu") -> Cali
     if case == "fibre":
         optics = Optics(pixel_um=0.5, wavelength_um=0.5, na=0.25)
         model = ModelConfig(detect=DetectConfig(window=31, min_separation=16), field_model="empirical")
-        net = NetworkConfig(enabled=network, device=str(device), finetune_beads=network)
+        net = NetworkConfig(enabled=network, device=str(device), finetune_beads=network, radial_check=network)
         return CalibrateConfig(optics=optics, model=model, network=net)
     raise ValueError(f"case: expected one of {CASES}, got {case!r}")
 

@@ -85,7 +85,7 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
         network = _network(result, stacks, forward, config, out, total, progress=progress, echo=echo)
     if config.check_methods or network:
         _check_deblurring(result, stacks, model_config, config, out / network["checkpoint"] if network else None,
-                          echo=echo)  # fmt: skip
+                          out=out, progress=progress, echo=echo)  # fmt: skip
     _stage(echo, total, total, "writing calibration.json, beads.csv and report.html")
     summary = _summary(result, config, stacks, forward, network)
     summary["seconds"] = {k: round(v, 3) for k, v in result.seconds.items()}
@@ -98,16 +98,20 @@ def calibrate(paths, out, *, config: CalibrateConfig = CalibrateConfig(), overwr
     return summary
 
 
-def _check_deblurring(result: BeadModelFit, stacks, model_config, config: CalibrateConfig, network_path, *,
-                      echo) -> None:  # fmt: skip
+def _check_deblurring(result: BeadModelFit, stacks, model_config, config: CalibrateConfig, network_path, *, out,
+                      progress, echo) -> None:  # fmt: skip
     """The deblurred-bead check (:mod:`calibration.deblurcheck`) into ``result.validation['deblurred_beads']``."""
     from calibration.deblurcheck import check_deblurring
     from optisim.cli._options import resolve_device
 
     t = time.perf_counter()
     device = resolve_device(config.network.device) if network_path is not None else "cpu"
-    check = check_deblurring(result, bead_planes(result, stacks), model_config, methods=config.check_methods,
-                             network_path=network_path, device=device, echo=echo)  # fmt: skip
+    planes = bead_planes(result, stacks)
+    radial = None
+    if network_path is not None and config.network.radial_check:
+        radial = _radial_network(result, planes, config, out / "radial_holdout", progress=progress, echo=echo)
+    check = check_deblurring(result, planes, model_config, methods=config.check_methods, network_path=network_path,
+                             device=device, radial_network=radial, echo=echo)  # fmt: skip
     result.validation["deblurred_beads"] = check
     result.seconds["deblur_check"] = time.perf_counter() - t
     for name, part in (("held-out", check.get("holdout", {})), ("radially held-out", check.get("radial_holdout", {}))):
@@ -118,6 +122,42 @@ def _check_deblurring(result: BeadModelFit, stacks, model_config, config: Calibr
             if edge["sources"]:
                 echo(f"  {name} beads at the edge, {method}: aspect {_num(edge['aspect'])}, flux ratio "
                      f"{_num(edge['flux_ratio'])}, edge/centre flux {_num(m['edge_centre_flux'])}")
+
+
+def _radial_network(result: BeadModelFit, planes, config: CalibrateConfig, folder: Path, *, progress, echo):
+    """``train(inner_forward, outer) -> checkpoint``: the network of ``config`` made again from the inner beads alone
+    (simulated training with their model, then, with ``finetune_beads``, fine-tuning on them) in ``folder``."""
+    from dataclasses import replace
+
+    from optisim.psfmodel import write_psf_model
+
+    def train(inner_forward, outer):
+        folder.mkdir(parents=True, exist_ok=True)
+        net = config.network
+        forward = write_psf_model(
+            folder / "psf_model.nc", inner_forward, result.nominal,
+            description="model of the inner beads (the radial hold-out check)",
+            provenance={"source": "optisim calibrate", "kind": result.kind, "outer_beads_left_out": int(outer.sum())},
+        )  # fmt: skip
+        echo(f"  radial hold-out: training a network on data simulated with the model of the inner beads ({forward})")
+        model_path, _ = train_network(forward, "empirical", net, folder, progress=progress, echo=echo)
+        if net.finetune_beads:
+            from calibration.finetune import bead_pairs, finetune_on_beads
+            from optisim.cli._options import resolve_device
+
+            f = config.model.fit
+            inner = replace(result, holdout=result.holdout | np.asarray(outer, dtype=bool))
+            pairs = bead_pairs(inner, planes, bead_diameter_um=f.bead_diameter_um, oversample=f.oversample,
+                               modality=f.modality)  # fmt: skip
+            r = finetune_on_beads(
+                model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
+                batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
+                flux_weight=net.flux_weight,
+            )  # fmt: skip
+            echo(f"  radial hold-out: fine-tuned on {r['beads']} inner beads")
+        return model_path
+
+    return train
 
 
 def _num(value) -> str:

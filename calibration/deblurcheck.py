@@ -24,7 +24,9 @@ beads its model was fitted to:
 * ``radial_holdout``: the outermost beads (``--radial-holdout``), deblurred by ``rl`` and ``rl-tv`` with the model
   refitted to the inner beads only (:func:`calibration.validate.radial_validation` refits it the same way), plus the
   centre band's beads (h < 0.35) as the flux reference. This is the extrapolation check: how the methods behave at
-  the edge with a model that has never seen it.
+  the edge with a model that has never seen it. With ``--radial-network`` a second network, trained on data
+  simulated with that model and (with ``--finetune-beads``) fine-tuned on the inner beads only, is checked there
+  too, so the network is also measured on edge beads that nothing it learnt from has seen.
 
 Beside ``rl`` both checks report the reference ``rl own PSF``: each measured bead deconvolved by the same number of
 RL iterations with its *own* measured PSF (shift-invariant, on a crop around it; :func:`own_psf`). It separates the
@@ -219,7 +221,7 @@ def _radial_forward(result, config):
 
 
 def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network_path=None, device="cpu",
-                     echo=print) -> dict:  # fmt: skip
+                     radial_network=None, echo=print) -> dict:  # fmt: skip
     """The ``holdout`` and ``radial_holdout`` checks of the module docstring for a calibration.
 
     Parameters
@@ -227,6 +229,9 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
     result : calibration.pipeline.BeadModelFit; planes : its BeadPlanes; config : its ModelConfig
     methods : classical methods to check ('rl', 'rl-tv'); network_path : the calibrated network's checkpoint or None
     device : torch device of the network
+    radial_network : None, or ``train(inner_forward, outer) -> checkpoint path``: a network made from the inner
+        beads' forward model (:class:`optisim.lowrank.EigenPSFs`) without the ``outer`` beads ((N,) bool over the
+        fits), checked as ``network`` on the radial hold-out
 
     Returns
     -------
@@ -264,7 +269,7 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
         out["holdout"] = bead_check(planes, per_plane(held), with_reference(chosen, held), shape, window=window)
     else:
         out["holdout"] = {"skipped": "no beads were held out (--holdout 0 or too few beads)"}
-    if config.radial_holdout <= 0 or not methods:
+    if config.radial_holdout <= 0 or not (methods or radial_network):
         out["radial_holdout"] = {"skipped": "--radial-holdout 0" if config.radial_holdout <= 0 else "no method"}
         return out
     try:
@@ -278,6 +283,8 @@ def check_deblurring(result, planes, config, *, methods=("rl", "rl-tv"), network
     centre = (np.hypot(hx, hy) < BAND_EDGES[0]) & ~outer & clean
     echo(f"  deblurring with the model of the inner beads: {int(outer.sum())} outer beads")
     chosen = with_reference({m: classical(inner_forward, m) for m in methods}, outer | centre)
+    if radial_network is not None:
+        chosen["network"] = network(radial_network(inner_forward, outer), device)
     out["radial_holdout"] = bead_check(planes, per_plane(outer | centre), chosen, shape, window=window)
     out["radial_holdout"]["outer_beads"] = int(outer.sum())
     return out

@@ -39,7 +39,10 @@ class NetworkConfig:
     (:mod:`calibration.finetune`): ``bead_steps`` Adam steps at ``bead_lr`` on tiles of ``bead_tile`` pixels.
     ``flux_weight`` weighs the local flux term in both the simulated training (:class:`learn.config.TrainConfig`)
     and the bead fine-tuning. ``keep_flux`` builds a new network whose output keeps the input's local flux
-    (:func:`learn.models.keep_local_flux`, boxes of the PSF window); with ``init`` the checkpoint's setting holds.
+    (:func:`learn.models.keep_local_flux`, boxes of the PSF window) when it is used (not while it trains or is
+    fine-tuned); with ``init`` the checkpoint's setting holds. ``radial_check`` makes the network a second time
+    from the inner beads alone (their model, their fine-tuning) for the radial hold-out check
+    (:mod:`calibration.deblurcheck`; written to ``radial_holdout/``): it doubles the network's time.
     """
 
     enabled: bool = True
@@ -63,6 +66,7 @@ class NetworkConfig:
     bead_tile: int = 64
     flux_weight: float = FLUX_WEIGHT
     keep_flux: bool = True
+    radial_check: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

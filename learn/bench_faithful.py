@@ -2,8 +2,9 @@
 
 For each lens (the default preset, and :func:`astig_coma_lens`, strong field-dependent astigmatism and coma), small
 CG U-Nets are trained on samples simulated on the fly, without noise, with equal budgets (the same steps, batch,
-crop, seed and initial weights) at each ``flux_weight`` (0: the pixel loss alone), and one with the flux-keeping
-output layer (:func:`learn.models.keep_local_flux`). Then a jittered grid of point
+crop, seed and initial weights) at each ``flux_weight`` (0: the pixel loss alone); each is measured as trained and
+with the flux-keeping output layer (:func:`learn.models.keep_local_flux`, which acts when a network is used, never
+in training, so the same weights serve both). Then a jittered grid of point
 sources over the whole sensor is blurred by the lens's forward model (the one the networks were trained with) and
 deblurred by every network and by spatially varying Richardson-Lucy with the true model
 (:func:`learn.baselines.run_baseline` ``'rl-lowrank'``); :func:`learn.pointsources.point_source_report` gives the
@@ -16,7 +17,10 @@ Nothing is asserted; the figures are printed and written to ``bench.json``.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from learn.pointsources import point_source_report
 from optisim.aberrations import FieldModel
@@ -51,15 +55,17 @@ def lens_for_bench(name: str, sensor_shape) -> Lens:
     raise ValueError(f"lens: expected 'default' or 'astig-coma', got {name!r}")
 
 
-def _train(lens_file: Path, run: Path, flux_weight: float, *, kernel_size, size, steps, batch, width, seed, device,
-           keep_flux: bool = False):  # fmt: skip
+VALIDATION = (1_000_000, 32)  # first index and count of the simulated crops every network is validated on
+
+
+def _train(lens_file: Path, run: Path, flux_weight: float, *, kernel_size, size, steps, batch, width, seed, device):
     from learn.config import SimulateConfig, TrainConfig
     from learn.models import ModelConfig
     from learn.train import train
 
     simulate = SimulateConfig(lens=str(lens_file), size=size, noise=None, kernel_size=kernel_size, grid=GRID, tol=TOL,
                               steps_per_epoch=steps, val_samples=16)  # fmt: skip
-    model = ModelConfig(name="cg-unet", depth=3, width=width, keep_flux=keep_flux)
+    model = ModelConfig(name="cg-unet", depth=3, width=width)
     config = TrainConfig(model=model, simulate=simulate, epochs=1,
                          batch_size=batch, seed=seed, device=str(device), flux_weight=flux_weight)  # fmt: skip
     return train(config, run, overwrite=True, progress=False)
@@ -76,22 +82,24 @@ def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, 
     lenses : names for :func:`lens_for_bench`; sensor : int, square sensor side (pixels)
     size, steps, batch, width : training crop side, optimiser steps (one epoch), batch and first-level channels,
         equal for every network; flux_weights : the ``TrainConfig.flux_weight`` of each network; keep_flux : also
-        train one with the flux-keeping output layer (``ModelConfig.keep_flux``, flux weight 0)
+        measure each network with the flux-keeping output layer (``ModelConfig.keep_flux``)
     rl_iterations : Richardson-Lucy iterations; seed : training seed (initial weights, samples) and source jitter
 
     Returns
     -------
-    list of dicts: ``lens``, ``kernel_size``, ``rank``, ``train_seconds`` and ``val_psnr`` (dB, the run's best
-    validation PSNR on simulated crops) per network, and the
+    list of dicts: ``lens``, ``kernel_size``, ``rank``, ``train_seconds`` per network, ``val_psnr`` (dB, mean PSNR
+    on the simulated validation crops :data:`VALIDATION`, ``blurred`` and every network method), and the
     :func:`learn.pointsources.point_source_report` (``report``) with methods ``blurred``, ``rl-lowrank``,
-    ``network flux=W`` for each W and ``network keep-flux``.
+    ``network flux=W`` for each W and, with ``keep_flux``, ``network flux=W keep-flux``.
     """
     import torch
 
     from learn.baselines import run_baseline
     from learn.checkpoint import load_model
     from learn.infer import deblur_image
+    from learn.metrics import psnr
     from optisim.lowrank import EigenPSFs, kernel_size_for
+    from optisim.samples import SampleGenerator, make_source
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,20 +113,28 @@ def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, 
         methods["rl-lowrank"] = lambda b, f=forward: run_baseline(
             "rl-lowrank", torch.from_numpy(b)[None], model=f, offsets=[[0, 0]], iterations=rl_iterations
         )[0]
-        seconds, val_psnr = {}, {}
-        variants = [(f"network flux={w:g}", float(w), False, f"flux{w:g}") for w in flux_weights]
-        variants += [("network keep-flux", 0.0, True, "keepflux")] if keep_flux else []
-        for label, w, kf, tag in variants:
-            echo(f"{name}: training cg-unet(3) width {width}, {steps} steps of {batch} x {size}², flux_weight {w:g}"
-                 f"{', flux-keeping output' if kf else ''}")  # fmt: skip
+        generator = SampleGenerator(lens, make_source("synthetic"), size=size, seed=seed, kernel_size=k, grid=GRID,
+                                    tol=TOL, model=forward)  # fmt: skip
+        val = generator.batch(range(VALIDATION[0], VALIDATION[0] + VALIDATION[1]))
+        val = {key: torch.as_tensor(np.asarray(val[key])) for key in ("blurred", "sharp", "offset")}
+        val_psnr = {"blurred": float(psnr(val["blurred"][:, None], val["sharp"][:, None]).mean())}
+        seconds = {}
+        for w in flux_weights:
+            label = f"network flux={w:g}"
+            echo(f"{name}: training cg-unet(3) width {width}, {steps} steps of {batch} x {size}², flux_weight {w:g}")
             t0 = time.perf_counter()
-            run = out / f"{name}-{tag}"
-            summary = _train(lens_file, run, w, kernel_size=k, size=size, steps=steps, batch=batch, width=width,
-                             seed=seed, device=device, keep_flux=kf)  # fmt: skip
+            run = out / f"{name}-flux{w:g}"
+            _train(lens_file, run, float(w), kernel_size=k, size=size, steps=steps, batch=batch, width=width,
+                   seed=seed, device=device)  # fmt: skip
             seconds[label] = time.perf_counter() - t0
-            val_psnr[label] = summary["best"]["val_psnr"]
-            model, _, _ = load_model(run / "last.pt", device=device)
-            methods[label] = lambda b, m=model: deblur_image(m, b, device=device)
+            for tag, kf in [("", False)] + ([(" keep-flux", True)] if keep_flux else []):
+                model, _, _ = load_model(run / "last.pt", device=device)
+                model.config = replace(model.config, keep_flux=kf)
+                model.eval()
+                with torch.no_grad():
+                    pred = model(val["blurred"][:, None].to(device), val["offset"].to(device)).cpu()
+                val_psnr[label + tag] = float(psnr(pred, val["sharp"][:, None]).mean())
+                methods[label + tag] = lambda b, m=model: deblur_image(m, b, device=device)
         report = point_source_report(methods, forward, seed=seed)
         results.append({"lens": name, "kernel_size": k, "rank": forward.rank, "train_seconds": seconds,
                         "val_psnr": val_psnr, "report": report})  # fmt: skip
@@ -136,7 +152,7 @@ def format_faithful(results: list[dict]) -> str:
         rep = r["report"]
         lines.append(f"lens {r['lens']} (PSF window {r['kernel_size']} px, rank {r['rank']}, {rep['sources']} sources, "
                      f"truth FWHM {num(rep['truth'][0]['fwhm'], 2)} px)")  # fmt: skip
-        lines.append(f"  {'method':<20}{'band':<12}{'n':>4}{'aspect':>8}{'FWHM':>7}{'flux':>7}  edge target")
+        lines.append(f"  {'method':<26}{'band':<12}{'n':>4}{'aspect':>8}{'FWHM':>7}{'flux':>7}  edge target")
         for name, rows in rep["methods"].items():
             for row in rows:
                 mark = ""
@@ -145,12 +161,12 @@ def format_faithful(results: list[dict]) -> str:
                     ok &= abs(row["flux_ratio"] - 1) <= FAITHFUL_TARGETS["flux"]
                     mark = "met" if ok else "missed"
                 lines.append(
-                    f"  {name:<20}{row['band']:<12}{row['sources']:>4}{num(row['aspect'], 2):>8}"
+                    f"  {name:<26}{row['band']:<12}{row['sources']:>4}{num(row['aspect'], 2):>8}"
                     f"{num(row['fwhm'], 2):>7}{num(row['flux_ratio'], 3):>7}  {mark}"
                 )
         psnr = r.get("val_psnr") or {}
         if psnr:
-            lines.append("  validation PSNR (simulated crops): "
+            lines.append(f"  validation PSNR ({VALIDATION[1]} simulated crops): "
                          + ", ".join(f"{name} {value:.2f} dB" for name, value in psnr.items()))  # fmt: skip
     lines.append("edge target (h >= 0.85): aspect <= 1.2 and flux ratio within 1 +- 0.10; noise-free point sources")
     return "\n".join(lines)

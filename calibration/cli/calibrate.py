@@ -116,6 +116,9 @@ def _network_options(func):
                      help="Weight of the local flux term in training and bead fine-tuning (default: NetworkConfig's)."),
         click.option("--keep-flux/--no-keep-flux", default=True, show_default=True,
                      help="The network's output keeps the input's light in every box of the PSF window (a layer)."),
+        click.option("--radial-network", is_flag=True,
+                     help="Also check the network on the radial hold-out: make it again from the inner beads alone "
+                          "(their model and, with --finetune-beads, their fine-tuning); doubles the network's time."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
                      show_default=True),
     ]  # fmt: skip
@@ -168,10 +171,15 @@ def calibrate(beads, output, seed, overwrite, quiet, **opts):
         width=o["width"], epochs=o["epochs"], steps_per_epoch=o["steps_per_epoch"], batch_size=o["batch_size"],
         size=o["size"], noise=None if noise is None else noise.to_dict(), device=o["device"], seed=seed,
         finetune_beads=o["finetune_beads"], bead_steps=o["bead_steps"], keep_flux=o["keep_flux"],
-        **({} if o["flux_weight"] is None else {"flux_weight": o["flux_weight"]}),
+        radial_check=o["radial_network"], **({} if o["flux_weight"] is None else {"flux_weight": o["flux_weight"]}),
     )  # fmt: skip
     if o["finetune_beads"] and o["no_network"]:
         raise click.UsageError("--finetune-beads fine-tunes the network; it cannot go with --no-network")
+    if o["radial_network"] and o["no_network"]:
+        raise click.UsageError("--radial-network checks the network; it cannot go with --no-network")
+    if o["radial_network"] and o["radial_holdout"] == 0:
+        raise click.UsageError("--radial-network checks the network on the radial hold-out; it cannot go with "
+                               "--radial-holdout 0")
     checks = tuple(m.strip() for m in o["check_methods"].split(",") if m.strip())
     if unknown := [m for m in checks if m not in ("rl", "rl-tv")]:
         raise click.BadParameter(f"expected some of rl, rl-tv, got {', '.join(unknown)}", param_hint="--check-methods")

@@ -113,7 +113,7 @@ def _make_dataset(path: Path, n: int, size: int) -> None:
 @click.option("--flux-weight", "flux_weights", multiple=True, type=click.FloatRange(0, None), default=(0.0, 1.0),
               show_default=True, help="flux_weight of each network, repeatable (equal budgets).")  # fmt: skip
 @click.option("--keep-flux/--no-keep-flux", default=True, show_default=True,
-              help="Also train a network with the flux-keeping output layer (flux weight 0).")  # fmt: skip
+              help="Also measure each network with the flux-keeping output layer.")  # fmt: skip
 @click.option("--rl-iterations", type=click.IntRange(1, None), default=100, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
 def bench_faithful(output, lenses, sensor, steps, flux_weights, keep_flux, rl_iterations, device):

@@ -74,7 +74,8 @@ def model_options(func):
             "--keep-flux/--no-keep-flux",
             default=False,
             show_default=True,
-            help="The output keeps the input's light in every box of the PSF's side (a layer, not a loss term).",
+            help="The output keeps the input's light in every box of the PSF's side (a layer applied when the "
+            "network is used, not in training).",
         ),
     ]
     for option in reversed(options):

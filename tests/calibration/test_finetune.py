@@ -100,12 +100,12 @@ def test_tiles_carry_their_sensor_offsets(pairs):
 
 @pytest.fixture(scope="module")
 def calibrated(scene, tmp_path_factory):
-    """A tiny calibration run with --finetune-beads: (CLI result, output folder). Without the flux-keeping layer:
-    these tests are of the fine-tuning itself (with the layer, calibrate's default, the 200-step fine-tuning below
-    measured 0.62 of its first loss on the training tiles but 0.99 on held-out draws, 2026-12-06)."""
+    """A tiny calibration run with --finetune-beads and --radial-network: (CLI result, output folder). Without the
+    flux-keeping layer, which acts when the network is used and not in the fine-tuning whose loss these tests
+    compare."""
     out = tmp_path_factory.mktemp("run") / "cal"
     args = ["calibrate", str(scene[0]), "-o", str(out), *OPTICS, *TINY, "--finetune-beads", "--bead-steps", "5",
-            "--no-keep-flux"]
+            "--no-keep-flux", "--radial-network"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result, out
@@ -131,6 +131,28 @@ def test_calibrate_finetune_beads_records_the_run(calibrated):
     # the simulated-training checkpoint is kept beside it, and the weights differ
     sim = load_checkpoint(out / "training" / "best.pt")
     assert any(not torch.equal(sim["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+
+
+def test_radial_network_is_made_from_the_inner_beads_and_checked_on_the_outer(calibrated):
+    """--radial-network: a second network, trained with the inner beads' model (written as a PSF model file) and
+    fine-tuned on the inner beads, is checked on the outer beads beside RL."""
+    import xarray as xr
+
+    from learn.checkpoint import load_checkpoint
+
+    result, out = calibrated
+    assert "radial hold-out: training a network on data simulated with the model of the inner beads" in result.output
+    assert "radial hold-out: fine-tuned on" in result.output
+    summary = json.loads((out / "calibration.json").read_text(encoding="utf-8"))
+    radial = summary["validation"]["deblurred_beads"]["radial_holdout"]
+    assert {"raw", "rl", "network"} <= set(radial["methods"]) and radial["outer_beads"] >= 5
+    edge = radial["methods"]["network"]["by_band"]
+    assert len(edge) == 4 and any(row["sources"] for row in edge)
+    inner, outer = load_checkpoint(out / "radial_holdout" / "model.pt"), load_checkpoint(out / "model.pt")
+    assert inner["bead_finetune"]["beads"] < outer["bead_finetune"]["beads"]  # the outer beads were left out
+    with xr.open_dataset(out / "radial_holdout" / "psf_model.nc") as ds:
+        assert "outer_beads_left_out" in ds.attrs["provenance"]
+    assert summary["settings"]["network"]["radial_check"] is True
 
 
 def test_finetuning_lowers_the_masked_loss(calibrated, pairs, tmp_path):
@@ -163,3 +185,7 @@ def test_finetune_errors(calibrated, pairs, scene, tmp_path):
     result = CliRunner().invoke(main, ["calibrate", str(scene[0]), "-o", str(tmp_path / "o"), *OPTICS,
                                        "--no-network", "--finetune-beads"])  # fmt: skip
     assert result.exit_code == 2 and "--finetune-beads" in result.output and "--no-network" in result.output
+    for extra, says in ((["--no-network"], "--no-network"), (["--radial-holdout", "0"], "--radial-holdout 0")):
+        result = CliRunner().invoke(main, ["calibrate", str(scene[0]), "-o", str(tmp_path / "o"), *OPTICS,
+                                           "--radial-network", *extra])  # fmt: skip
+        assert result.exit_code == 2 and "--radial-network" in result.output and says in result.output

@@ -137,24 +137,46 @@ def test_keep_local_flux_makes_a_source_keep_its_light_and_shape(flux, excess, o
     assert torch.equal(keep_local_flux(sharp, blurred, 1), sharp)  # a 1 px box: nothing to keep
 
 
-def test_keep_flux_models_keep_the_flux_of_any_output():
-    """A CG U-Net with keep_flux, whatever its (random) weights, holds the input's light around a source (a random
-    network's output is not compact, so the box is wider than the window); configs written before the setting
-    existed load with it off."""
-    from learn.models import build_model
+def test_keep_local_flux_reads_a_varying_offset_beside_sparse_sources():
+    """Sparse faint point sources (the case of ``optisim bench faithful``): an output that adds 20 % light to each
+    and sits on an offset sloping from -0.0055 to -0.0065 across the field (as a network trained without the layer
+    put under such sources there), where a source's box mean is ~1e-3 at a 61 px window, keeps each source's light
+    within 3 % after the layer (1.6 % measured); a mean over boxes four windows wide in place of the clipped median
+    (the layer's first version) gave 0.98-1.59 here."""
+    from learn.models import keep_local_flux
+    from learn.pointsources import measure_sources, point_source_field
+
+    sharp, positions = point_source_field((320, 320), spacing=68, margin=40, sigma=0.75)
+    sharp = torch.from_numpy(sharp)[None, None]
+    k = torch.arange(-30, 31, dtype=torch.float32)
+    g = torch.exp(-(k**2) / (2 * 5.0**2))
+    g = g / g.sum()
+    blurred = torch.nn.functional.conv2d(sharp, (g[:, None] * g[None, :])[None, None], padding=30)
+    output = 1.2 * sharp - 0.0055 - 0.001 * torch.linspace(0, 1, 320)[None, None, :, None]
+    kept = keep_local_flux(output, blurred, 61)[0, 0].numpy()
+    truth = measure_sources(sharp[0, 0].numpy(), positions, aperture=32, annulus=(32, 36))["flux"]
+    ratio = measure_sources(kept, positions, aperture=32, annulus=(32, 36))["flux"] / truth
+    assert len(positions) == 16
+    assert abs(ratio - 1).max() < 0.03, ratio
+
+
+def test_keep_flux_models_apply_the_layer_when_used_not_in_training():
+    """A CG U-Net with keep_flux: in eval mode its output is the layer on its own estimate, over the PSF window; in
+    training the estimate itself is optimised (trained through the layer, networks learnt a free background offset
+    that the layer removes on training crops and not on sparse images); configs written before the setting existed
+    load with it off."""
+    from learn.models import build_model, keep_local_flux
 
     torch.manual_seed(0)
     config = ModelConfig(name="cg-unet", depth=2, width=4, gate_hidden=8, gate_init="random",
-                         sensor_shape=(160, 160), psf_size=25, residual=False, keep_flux=True)  # fmt: skip
-    model = build_model(config).eval()
+                         sensor_shape=(160, 160), psf_size=25, keep_flux=True)  # fmt: skip
+    model = build_model(config)
     blurred = _blob(size=160, centre=(70, 77), sigma=(3.0, 3.0)) + 0.002
     with torch.no_grad():
-        free = build_model(ModelConfig(**{**config.to_dict(), "keep_flux": False}))
-        free.load_state_dict(model.state_dict())
-        a, b = model(blurred), free(blurred)
-    box = (slice(None), slice(None), slice(40, 101), slice(47, 108))  # a box of about 2.5 windows
-    assert abs(float(a[box].sum()) / float(blurred[box].sum()) - 1) < 0.05
-    assert abs(float(b[box].sum()) / float(blurred[box].sum()) - 1) > 0.2  # without the layer it does not
+        estimate = model.estimate(blurred)
+        assert torch.equal(model.train()(blurred), estimate)
+        assert torch.equal(model.eval()(blurred), keep_local_flux(estimate, blurred, 25))
+        assert not torch.equal(model.eval()(blurred), estimate)
     d = config.to_dict()
     assert ModelConfig.from_dict(d).keep_flux is True
     d.pop("keep_flux")
@@ -187,8 +209,9 @@ def test_bench_faithful_runs_and_the_flux_keeping_network_keeps_the_flux(tmp_pat
                                   "--steps", "2", "--flux-weight", "0", "--rl-iterations", "3"])  # fmt: skip
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "bench.json").read_text())["results"][0]["report"]
-    assert set(report["methods"]) == {"blurred", "rl-lowrank", "network flux=0", "network keep-flux"}
-    for row in report["methods"]["network keep-flux"]:
+    assert set(report["methods"]) == {"blurred", "rl-lowrank", "network flux=0", "network flux=0 keep-flux"}
+    for row in report["methods"]["network flux=0 keep-flux"]:
         if row["flux_ratio"] is not None:
             assert abs(row["flux_ratio"] - 1) <= FAITHFUL_TARGETS["flux"], row
-    assert "network keep-flux" in r.output and "validation PSNR (simulated crops): network flux=0" in r.output
+    assert "network flux=0 keep-flux" in r.output
+    assert "validation PSNR (32 simulated crops): blurred" in r.output
