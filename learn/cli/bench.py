@@ -110,13 +110,16 @@ def _make_dataset(path: Path, n: int, size: int) -> None:
               type=click.Choice(["default", "astig-coma"]), help="Lenses, repeatable.")  # fmt: skip
 @click.option("--sensor", type=click.IntRange(128, 4096), default=384, show_default=True, help="Sensor side (px).")
 @click.option("--steps", type=click.IntRange(1, None), default=150, show_default=True, help="Steps per network.")
+@click.option("--size", type=click.IntRange(16, None), default=64, show_default=True, help="Training crop side (px).")
+@click.option("--width", type=click.IntRange(1, None), default=16, show_default=True,
+              help="First-level channels of every network.")  # fmt: skip
 @click.option("--flux-weight", "flux_weights", multiple=True, type=click.FloatRange(0, None), default=(0.0, 1.0),
               show_default=True, help="flux_weight of each network, repeatable (equal budgets).")  # fmt: skip
 @click.option("--keep-flux/--no-keep-flux", default=True, show_default=True,
               help="Also measure each network with the flux-keeping output layer.")  # fmt: skip
 @click.option("--rl-iterations", type=click.IntRange(1, None), default=100, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
-def bench_faithful(output, lenses, sensor, steps, flux_weights, keep_flux, rl_iterations, device):
+def bench_faithful(output, lenses, sensor, steps, size, width, flux_weights, keep_flux, rl_iterations, device):
     """Point sources after deblurring: aspect ratio, FWHM and flux per field band (networks with and without the
     flux term at equal budgets, and RL with the true model)."""
     from learn.bench import machine_info
@@ -125,8 +128,8 @@ def bench_faithful(output, lenses, sensor, steps, flux_weights, keep_flux, rl_it
 
     device = resolve_device(device)
     info = machine_info(device)
-    results = run(output, lenses=lenses, sensor=sensor, steps=steps, flux_weights=flux_weights, keep_flux=keep_flux,
-                  rl_iterations=rl_iterations, device=device, echo=click.echo)  # fmt: skip
+    results = run(output, lenses=lenses, sensor=sensor, steps=steps, size=size, width=width, flux_weights=flux_weights,
+                  keep_flux=keep_flux, rl_iterations=rl_iterations, device=device, echo=click.echo)  # fmt: skip
     click.echo(format_faithful(results))
     (output / "bench.json").write_text(
         json.dumps({"machine": info, "results": results}, indent=2, default=float) + "\n"
