@@ -285,8 +285,11 @@ def keep_local_flux(y: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tens
        (point sources, beads) a source's box mean is tiny (its flux over ``w²`` pixels), so an offset left of even
        1e-4 would decide its scale in step 2, and only a robust statistic reads the offset beside the sources
        without their own light, excess or deficit (which step 2 must see);
-    2. ``out = y1 * (max(B_w(x), 0) + f) / (max(B_w(y1), 0) + f)``: ``y1`` rescaled so that each box of the
-       window's side holds the input's light (a compact source: its light, in its own shape). ``f`` is
+    2. ``out = y1+ * s - y1-`` with ``s = (max(B_w(x), 0) + B_w(y1-) + f) / (B_w(y1+) + f)`` (``y1+`` and ``y1-``
+       the positive and negative parts of ``y1``): the light of ``y1`` rescaled so that each box of the window's
+       side holds the input's light (a compact source: its light, in its own shape), its negative ringing left as
+       it is. Scaling ``y1`` as a whole (the previous version) multiplied the ringing by the same factor, up to 5x
+       where a network had lost most of a source's light, and the output's sum turned negative. ``f`` is
        :data:`FLUX_FLOOR` times the image's mean absolute input: boxes much dimmer than the image's mean light
        (noise in empty background) are not rescaled by their own noise.
 
@@ -314,8 +317,10 @@ def keep_local_flux(y: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tens
         return y
     k = min(k, (min(y.shape[-2:]) - 1) | 1)
     y1 = y - _local_median(y - x, k)
+    light, dark = y1.clamp(min=0), (-y1).clamp(min=0)
     floor = FLUX_FLOOR * x.abs().mean(dim=(-2, -1), keepdim=True) + 1e-12
-    return y1 * (_box_mean(x, k).clamp(min=0) + floor) / (_box_mean(y1, k).clamp(min=0) + floor)
+    scale = (_box_mean(x, k).clamp(min=0) + _box_mean(dark, k) + floor) / (_box_mean(light, k) + floor)
+    return light * scale - dark
 
 
 class UNet(nn.Module):

@@ -25,6 +25,7 @@ the sensor's size (square sensor) every sample is the full sensor at offset (0, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,10 @@ __all__ = ["Sample", "SampleGenerator", "check_size", "make_source"]
 
 
 def make_source(spec, *, channel: int | None = None):
-    """An image source from a command-line spec: ``'synthetic'`` (the built-in scene generator) or a folder path."""
+    """An image source from a command-line spec: ``'synthetic'`` (the built-in scene generator), a folder path, or
+    ``'synthetic+DIR'`` / ``'synthetic:S+DIR'``: the built-in scenes for a share ``S`` of the samples (0.5 unless
+    given) and the folder's images for the rest (:class:`optisim.sources.MixedSource`), for users with a few sharp
+    images of their own. ``channel`` selects a channel of the folder's images."""
     from pathlib import Path
 
     if isinstance(spec, str) and spec == "synthetic":
@@ -50,9 +54,26 @@ def make_source(spec, *, channel: int | None = None):
         return SyntheticSource()
     if hasattr(spec, "sample") and hasattr(spec, "describe"):
         return spec
+    if isinstance(spec, str) and spec.startswith("synthetic") and "+" in spec:
+        head, folder = spec.split("+", 1)
+        share = 0.5
+        if head != "synthetic":
+            text = head[len("synthetic:"):] if head.startswith("synthetic:") else None
+            try:
+                share = float(text) if text else math.nan
+            except ValueError:
+                share = math.nan
+            if not 0 < share < 1:
+                raise ValueError(f"source: expected 'synthetic+DIR' or 'synthetic:S+DIR' with a share 0 < S < 1 of "
+                                 f"synthetic scenes, got {spec!r}")  # fmt: skip
+        from optisim.scenes import SyntheticSource
+        from optisim.sources import MixedSource
+
+        return MixedSource(SyntheticSource(), make_source(folder, channel=channel), share)
     path = Path(spec)
     if not path.is_dir():
-        raise ValueError(f"source: expected 'synthetic' or a folder of images, got {str(spec)!r} (not a folder)")
+        raise ValueError(f"source: expected 'synthetic', a folder of images or 'synthetic[:S]+DIR', got {str(spec)!r} "
+                         "(not a folder)")  # fmt: skip
     from optisim.sources import ImageFolder
 
     return ImageFolder(path, channel=channel)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_PERCENTILES", "SUFFIXES", "ImageFolder", "open_image", "percentile_range"]
+__all__ = ["DEFAULT_PERCENTILES", "SUFFIXES", "ImageFolder", "MixedSource", "open_image", "percentile_range"]
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 DEFAULT_PERCENTILES = (0.1, 99.9)  # of a plane, mapped to 0 and 1
@@ -346,3 +346,30 @@ class ImageFolder:
             "files": [[rel, self._sizes[rel]] for rel in self._layouts],
             "planes": len(self),
         }
+
+
+class MixedSource:
+    """Two image sources mixed per sample: each sample is drawn from ``first`` with probability ``share``, else from
+    ``second`` (``--source synthetic:0.7+DIR``: the built-in scenes for 70 % of the samples, a folder of the user's
+    own sharp images for the rest). A sample still depends only on the state of its ``rng``.
+
+    Parameters
+    ----------
+    first, second : image sources (``sample(shape, rng)``, ``describe()``)
+    share : float in (0, 1), the expected fraction of samples from ``first``
+    """
+
+    def __init__(self, first, second, share: float = 0.5):
+        share = float(share)
+        if not 0 < share < 1:
+            raise ValueError(f"share: expected a fraction strictly between 0 and 1, got {share:g}")
+        self.first, self.second, self.share = first, second, share
+
+    def sample(self, shape, rng: np.random.Generator) -> np.ndarray:
+        """One crop, (h, w) float32 in [0, 1]: the first source's with probability ``share``, else the second's."""
+        source = self.first if rng.random() < self.share else self.second
+        return source.sample(shape, rng)
+
+    def describe(self) -> dict:
+        """JSON-serialisable description: ``kind = 'mixed'``, ``share`` and both sources' descriptions."""
+        return {"kind": "mixed", "share": self.share, "sources": [self.first.describe(), self.second.describe()]}

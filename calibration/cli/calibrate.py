@@ -98,7 +98,8 @@ def _network_options(func):
         click.option("--model", "init", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Fine-tune this checkpoint (runs/NAME/best.pt) instead of training a new network."),
         click.option("--source", default="synthetic", show_default=True,
-                     help="Sharp training images: 'synthetic' or a folder of images."),
+                     help="Sharp training images: 'synthetic', a folder of images, or 'synthetic:S+DIR' (a share S of "
+                          "scenes, default 0.5, the folder's images for the rest)."),
         click.option("--arch", type=click.Choice(["cg-unet", "unet", "coordconv-unet"]), default="cg-unet",
                      show_default=True, help="Architecture of a new network."),
         click.option("--depth", type=click.IntRange(2, 8), default=3, show_default=True),

@@ -122,7 +122,8 @@ def model_config(o: dict):
     default=None,
     help="Train on samples simulated on the fly with this empirical PSF model file (from `optisim calibrate`).",
 )
-@click.option("--source", default="synthetic", show_default=True, help="--simulate: 'synthetic' or an image folder.")
+@click.option("--source", default="synthetic", show_default=True,
+              help="--simulate: 'synthetic', an image folder, or 'synthetic:S+DIR' (a share S of scenes, default 0.5).")
 @click.option("--channel", type=click.IntRange(0, None), default=None, help="--simulate: channel of the images.")
 @click.option("--size", type=click.IntRange(1, None), default=128, show_default=True, help="--simulate: crop side.")
 @click.option("--noise", type=NoiseType(), default="on", show_default=True, help="--simulate: camera noise.")

@@ -51,7 +51,8 @@ def dataset():
     "--source",
     default="synthetic",
     show_default=True,
-    help="'synthetic' (built-in fluorescence scenes) or a folder of TIFF/PNG/JPEG images.",
+    help="'synthetic' (built-in fluorescence scenes), a folder of TIFF/PNG/JPEG images, or 'synthetic:S+DIR' (the "
+    "scenes for a share S of the samples, 0.5 unless given, the folder's images for the rest).",
 )
 @click.option("--channel", type=click.IntRange(0, None), default=None, help="Channel of multi-channel images.")
 @click.option("--n", "n", type=click.IntRange(1, None), default=2000, show_default=True, help="Number of samples.")

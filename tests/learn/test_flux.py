@@ -137,6 +137,26 @@ def test_keep_local_flux_makes_a_source_keep_its_light_and_shape(flux, excess, o
     assert torch.equal(keep_local_flux(sharp, blurred, 1), sharp)  # a 1 px box: nothing to keep
 
 
+def test_keep_local_flux_restores_a_lost_source_without_amplifying_its_ringing():
+    """An output that kept 15 % of a source's light inside a negative ring (a network that sharpens and loses
+    light): the layer restores the light in the source's own shape and leaves the ring as it was, where scaling the
+    whole output (the layer's previous version) multiplied the ring too."""
+    from learn.models import keep_local_flux
+    from learn.pointsources import measure_sources
+
+    where = dict(size=200, centre=(100, 97))
+    blurred = _blob(sigma=(4.0, 3.0), flux=50.0, **where)
+    ring = (_blob(sigma=(6.0, 6.0), flux=1.0, **where) - _blob(sigma=(3.0, 3.0), flux=1.0, **where)).clamp(min=0)
+    output = _blob(sigma=(1.3, 1.0), flux=7.5, **where) - 40 * ring
+    kept = keep_local_flux(output, blurred, 31)
+    before = measure_sources(output[0, 0].numpy(), [[100, 97]], aperture=15.5, background=0.0)
+    after = measure_sources(kept[0, 0].numpy(), [[100, 97]], aperture=15.5, background=0.0)
+    assert before["flux"][0] < 0  # the ring outweighs what is left of the source
+    assert after["flux"][0] == pytest.approx(50.0, rel=0.02)  # 49.6 measured
+    assert after["fwhm"][0] == pytest.approx(before["fwhm"][0], rel=0.05)
+    assert float(kept.min()) >= float(output.min())  # the ring is not deepened
+
+
 def test_keep_local_flux_reads_a_varying_offset_beside_sparse_sources():
     """Sparse faint point sources (the case of ``optisim bench faithful``): an output that adds 20 % light to each
     and sits on an offset sloping from -0.0055 to -0.0065 across the field (as a network trained without the layer
@@ -169,7 +189,7 @@ def test_keep_flux_models_apply_the_layer_when_used_not_in_training():
 
     torch.manual_seed(0)
     config = ModelConfig(name="cg-unet", depth=2, width=4, gate_hidden=8, gate_init="random",
-                         sensor_shape=(160, 160), psf_size=25, keep_flux=True)  # fmt: skip
+                         sensor_shape=(160, 160), psf_size=25, residual=False, keep_flux=True)  # fmt: skip
     model = build_model(config)
     blurred = _blob(size=160, centre=(70, 77), sigma=(3.0, 3.0)) + 0.002
     with torch.no_grad():

@@ -274,7 +274,7 @@ def test_dataset_from_real_images(files, tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (("--source", "NOPE"), 1, "Error: source: expected 'synthetic' or a folder of images, got "),
+        (("--source", "NOPE"), 1, "Error: source: expected 'synthetic', a folder of images or 'synthetic[:S]+DIR'"),
         (("--size", "128"), 1, "Error: size: a 128x128 crop is larger than the sensor (96x96 pixels)"),
         (
             ("--size", "10"),

@@ -270,7 +270,8 @@ def test_make_source(tmp_path):
     custom = FixedSource(np.zeros((2, 2)))
     assert make_source(custom) is custom
     missing = tmp_path / "nope"
-    with pytest.raises(ValueError, match=r"source: expected 'synthetic' or a folder of images, got '.*nope' \(not"):
+    expected = r"source: expected 'synthetic', a folder of images or 'synthetic\[:S\]\+DIR', got '.*nope' \(not"
+    with pytest.raises(ValueError, match=expected):
         make_source(str(missing))
     a_file = tmp_path / "image.png"
     a_file.write_bytes(b"not a folder")

@@ -331,3 +331,65 @@ def test_real_bbbc_tiffs():
         assert crop.shape == (128, 128) and 0 <= crop.min() and crop.max() <= 1
     with pytest.raises(ValueError, match=r"crop \(400, 400\) .*largest plane \(395, 695\)"):
         src.sample((400, 400), rng)
+
+
+def test_mixed_source_draws_each_source_in_its_share_and_is_a_pure_function_of_the_rng(folder):
+    """`--source synthetic:S+DIR`: the built-in scenes for a share S of the samples, the folder's crops for the rest;
+    a sample depends only on its rng, the description names both sources."""
+    from optisim.samples import make_source
+    from optisim.scenes import SyntheticSource
+    from optisim.sources import MixedSource
+
+    path, _ = folder
+    mixed = make_source(f"synthetic:0.7+{path}")
+    assert isinstance(mixed, MixedSource) and isinstance(mixed.first, SyntheticSource)
+    assert isinstance(mixed.second, ImageFolder) and mixed.share == 0.7
+    assert make_source(f"synthetic+{path}").share == 0.5
+    own = ImageFolder(path)
+    picks = []
+    for i in range(400):
+        crop = mixed.sample((16, 16), np.random.default_rng([3, i]))
+        np.testing.assert_array_equal(crop, mixed.sample((16, 16), np.random.default_rng([3, i])))
+        assert crop.shape == (16, 16) and crop.dtype == np.float32
+        rng = np.random.default_rng([3, i])
+        from_folder = rng.random() >= 0.7
+        if from_folder:
+            np.testing.assert_array_equal(crop, own.sample((16, 16), rng))
+        picks.append(not from_folder)
+    assert 0.65 < np.mean(picks) < 0.75  # 400 seeded draws at share 0.7
+    d = json.loads(json.dumps(mixed.describe()))
+    assert d["kind"] == "mixed" and d["share"] == 0.7
+    assert [s["kind"] for s in d["sources"]] == ["synthetic", "folder"]
+    assert pickle.loads(pickle.dumps(mixed)).sample((16, 16), np.random.default_rng(5)).shape == (16, 16)
+
+
+@pytest.mark.parametrize("spec", ["synthetic:1.5+{p}", "synthetic:0+{p}", "synthetic:x+{p}", "synthetic:+{p}",
+                                  "synthetics+{p}", "synthetic+{p}/missing"])  # fmt: skip
+def test_mixed_source_errors(folder, spec):
+    from optisim.samples import make_source
+
+    with pytest.raises(ValueError, match="source: expected"):
+        make_source(spec.format(p=folder[0]))
+
+
+def test_dataset_from_a_mixed_source_records_both(tmp_path):
+    """`optisim dataset create --source synthetic:0.5+DIR` writes a dataset whose `source` attribute (read by h5py)
+    describes the mix."""
+    import h5py
+    from click.testing import CliRunner
+
+    from optisim.cli import main
+    from optisim.lens import load_preset
+
+    own = tmp_path / "own"
+    own.mkdir()
+    tifffile.imwrite(own / "cells.tif", ramp((200, 200)).astype(np.uint16))
+    lens_file = load_preset("default").replace(sensor_shape=(128, 128)).save(tmp_path / "lens.toml")
+    out = tmp_path / "mixed.h5"
+    r = CliRunner().invoke(main, ["dataset", "create", str(lens_file), "--source", f"synthetic:0.5+{own}",
+                                  "--n", "4", "--size", "64", "--grid", "4x4", "-o", str(out), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with h5py.File(out, "r") as f:
+        source = json.loads(f.attrs["source"])
+        assert f["sharp"].shape[0] == 4
+    assert source["kind"] == "mixed" and source["share"] == 0.5 and source["sources"][1]["kind"] == "folder"
