@@ -71,7 +71,7 @@ def _train(lens_file: Path, run: Path, flux_weight: float, *, kernel_size, size,
     return train(config, run, overwrite=True, progress=False)
 
 
-def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, size: int = 64, steps: int = 150,
+def bench_faithful(out, *, lenses=("default", "astig-coma"), sensor: int = 384, size: int = 128, steps: int = 300,
                    batch: int = 8, width: int = 16, flux_weights=(0.0, 1.0), keep_flux: bool = True,
                    rl_iterations: int = 100, seed: int = 0, device="cpu", echo=print) -> list[dict]:  # fmt: skip
     """Train and measure (module docstring); one result dict per lens.

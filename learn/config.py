@@ -59,7 +59,9 @@ class TrainConfig:
     :func:`learn.metrics.local_flux_error` over boxes of the forward model's PSF window (a faithful inverse keeps
     the blur's low frequencies: each source's light stays where it was). 0 leaves the loss, and the weights a seed
     gives, exactly as without the term. The default, :data:`FLUX_WEIGHT`, is the measured choice of
-    ``optisim bench faithful`` (its notes give the figures).
+    ``optisim bench faithful`` (its notes give the figures): at weight 1 the networks there learnt almost nothing
+    (0.0-0.2 dB in 300 steps against about 3 dB without the term; the term is an L1 distance, zero for the input
+    itself, whose gradient does not shrink near zero).
     """
 
     model: ModelConfig

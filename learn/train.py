@@ -423,6 +423,10 @@ def _train(config: TrainConfig, dist: _Dist, out, *, resume, overwrite, progress
     if dist.main:
         _prepare_output(out, resume, overwrite)
     data = _Data(config, dist)
+    if config.simulate is not None and config.simulate.size < 2 * data.flux_window:
+        echo(f"warning: {config.simulate.size} px crops are less than twice the PSF window ({data.flux_window} px): "
+             "most of each crop's blur comes from outside it, and networks learn little (measured: a CG U-Net(3) "
+             "gained 0.7 dB in 300 steps on 64 px crops against a 55 px window, 3.1 dB on 128 px crops)")  # fmt: skip
     run = _Run(config, data, dist, out)
     if resume:
         run.restore(out / "last.pt")

@@ -109,8 +109,9 @@ def _make_dataset(path: Path, n: int, size: int) -> None:
 @click.option("--lens", "lenses", multiple=True, default=("default", "astig-coma"), show_default=True,
               type=click.Choice(["default", "astig-coma"]), help="Lenses, repeatable.")  # fmt: skip
 @click.option("--sensor", type=click.IntRange(128, 4096), default=384, show_default=True, help="Sensor side (px).")
-@click.option("--steps", type=click.IntRange(1, None), default=150, show_default=True, help="Steps per network.")
-@click.option("--size", type=click.IntRange(16, None), default=64, show_default=True, help="Training crop side (px).")
+@click.option("--steps", type=click.IntRange(1, None), default=300, show_default=True, help="Steps per network.")
+@click.option("--size", type=click.IntRange(16, None), default=128, show_default=True,
+              help="Training crop side (px); at least twice the PSF window, or the networks learn little.")
 @click.option("--width", type=click.IntRange(1, None), default=16, show_default=True,
               help="First-level channels of every network.")  # fmt: skip
 @click.option("--flux-weight", "flux_weights", multiple=True, type=click.FloatRange(0, None), default=(0.0, 1.0),

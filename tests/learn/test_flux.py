@@ -225,8 +225,9 @@ def test_keep_flux_reaches_the_checkpoint_with_the_psf_window(train_files, tmp_p
 def test_bench_faithful_runs_and_the_flux_keeping_network_keeps_the_flux(tmp_path):
     """`optisim bench faithful` at a tiny size: every method is reported per band, and the network with the
     flux-keeping layer keeps each band's point-source flux within the target whatever it has (not) learnt."""
-    r = CliRunner().invoke(main, ["bench", "faithful", "-o", str(tmp_path), "--lens", "astig-coma", "--sensor", "128",
-                                  "--steps", "2", "--flux-weight", "0", "--rl-iterations", "3"])  # fmt: skip
+    args = ["bench", "faithful", "-o", str(tmp_path), "--lens", "astig-coma", "--sensor", "128", "--steps", "2",
+            "--size", "64", "--flux-weight", "0", "--rl-iterations", "3"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "bench.json").read_text())["results"][0]["report"]
     assert set(report["methods"]) == {"blurred", "rl-lowrank", "network flux=0", "network flux=0 keep-flux"}

@@ -456,3 +456,13 @@ def test_resuming_a_finished_run_repairs_its_metrics(train_files, tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,lr,tr")  # killed in the middle of writing it
     train(config, tmp_path, resume=True, progress=False)
     assert len(read_metrics(tmp_path)) == 2
+
+
+def test_crops_smaller_than_twice_the_psf_window_are_warned_about(train_files, tmp_path):
+    """Simulated crops under twice the PSF window: most of their blur comes from outside them; the run says so."""
+    for size, warned in ((24, True), (32, False)):  # the PSF window is 15 px
+        said = []
+        sim = simulate_config(train_files, size=size, steps_per_epoch=1)
+        train(make_config(None, simulate=sim), tmp_path / str(size), progress=False, echo=said.append)
+        hits = [m for m in said if m.startswith(f"warning: {size} px crops are less than twice the PSF window (15 px)")]
+        assert bool(hits) is warned, said
