@@ -142,22 +142,28 @@ def _radial_network(result: BeadModelFit, planes, config: CalibrateConfig, folde
         echo(f"  radial hold-out: training a network on data simulated with the model of the inner beads ({forward})")
         model_path, _ = train_network(forward, "empirical", net, folder, progress=progress, echo=echo)
         if net.finetune_beads:
-            from calibration.finetune import bead_pairs, finetune_on_beads
-            from optisim.cli._options import resolve_device
-
-            f = config.model.fit
             inner = replace(result, holdout=result.holdout | np.asarray(outer, dtype=bool))
-            pairs = bead_pairs(inner, planes, bead_diameter_um=f.bead_diameter_um, oversample=f.oversample,
-                               modality=f.modality)  # fmt: skip
-            r = finetune_on_beads(
-                model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
-                batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
-                flux_weight=net.flux_weight,
-            )  # fmt: skip
+            r = _finetune(inner, planes, model_path, config, progress=progress)
             echo(f"  radial hold-out: fine-tuned on {r['beads']} inner beads")
         return model_path
 
     return train
+
+
+def _finetune(result: BeadModelFit, planes, model_path: Path, config: CalibrateConfig, *, progress) -> dict:
+    """Fine-tune the checkpoint at ``model_path`` in place on ``result``'s training beads (those not held out), with
+    the settings of ``config``; returns :func:`calibration.finetune.finetune_on_beads`'s summary."""
+    from calibration.finetune import bead_pairs, finetune_on_beads
+    from optisim.cli._options import resolve_device
+
+    net, f = config.network, config.model.fit
+    pairs = bead_pairs(result, planes, bead_diameter_um=f.bead_diameter_um, oversample=f.oversample,
+                       modality=f.modality)  # fmt: skip
+    return finetune_on_beads(
+        model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
+        batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
+        flux_weight=net.flux_weight,
+    )  # fmt: skip
 
 
 def _num(value) -> str:
@@ -197,19 +203,9 @@ def _network(result: BeadModelFit, stacks, forward: Path, config: CalibrateConfi
     planes = bead_planes(result, stacks)
     network = {"checkpoint": model_path.name, "training": summary}
     if net.finetune_beads:
-        from calibration.finetune import bead_pairs, finetune_on_beads
-        from optisim.cli._options import resolve_device
-
         network["bead_width_simulated"] = _validate(result, planes, model_path, net.device)
         _stage(echo, 4, total, f"fine-tuning on the bead images ({net.bead_steps} steps, ideal beads as targets)")
-        f = config.model.fit
-        pairs = bead_pairs(result, planes, bead_diameter_um=f.bead_diameter_um, oversample=f.oversample,
-                           modality=f.modality)  # fmt: skip
-        network["bead_finetune"] = finetune_on_beads(
-            model_path, pairs, model_path, steps=net.bead_steps, lr=net.bead_lr, tile=net.bead_tile,
-            batch_size=net.batch_size, seed=net.seed, device=resolve_device(net.device), progress=progress,
-            flux_weight=net.flux_weight,
-        )  # fmt: skip
+        network["bead_finetune"] = _finetune(result, planes, model_path, config, progress=progress)
         result.seconds["bead_finetune"] = network["bead_finetune"]["seconds"]
         r = network["bead_finetune"]
         echo(f"  {r['beads']} beads; masked loss {r['loss_first']:.3g} -> {r['loss_last']:.3g}")
